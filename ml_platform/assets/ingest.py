@@ -1,0 +1,179 @@
+"""Daily ingest assets: raw → validated (+ quarantine) → features."""
+
+from collections.abc import Iterator
+
+import dagster as dg
+import pandas as pd
+
+from ml_platform.assets.results import markdown_table, partition_dates, partitioned_output
+from ml_platform.core.contracts import (
+    REASONS_COLUMN,
+    ContractViolation,
+    read_landing_file,
+    validate_batch,
+)
+from ml_platform.core.features import build_features, split_by_day
+from ml_platform.core.storage import encode_frame, md5_file
+from ml_platform.resources.online_store import OnlineStore
+from ml_platform.resources.platform import PlatformPaths
+from ml_platform.specs import PipelineSpec
+
+CONTRACT_CHECK = "contract"
+
+
+def asset_key(spec: PipelineSpec, stage: str) -> dg.AssetKey:
+    return dg.AssetKey([spec.name, stage])
+
+
+def build_ingest_assets(
+    spec: PipelineSpec, partitions: dg.PartitionsDefinition
+) -> list[dg.AssetsDefinition]:
+    common = {
+        "partitions_def": partitions,
+        "backfill_policy": dg.BackfillPolicy.single_run(),
+        "group_name": spec.name,
+    }
+    raw_key, validated_key = asset_key(spec, "raw"), asset_key(spec, "validated")
+    quarantine_key, features_key = asset_key(spec, "quarantine"), asset_key(spec, "features")
+
+    @dg.asset(
+        key=raw_key,
+        io_manager_key="parquet_io",
+        kinds={"csv", "pandas"},
+        **common,
+        description="The day's landing file, read as is (all values as text). Never modified.",
+    )
+    def raw(context: dg.AssetExecutionContext, paths: PlatformPaths) -> dg.Output:
+        frames, hashes, errors = {}, {}, []
+        for key in context.partition_keys:
+            path = paths.landing_file(spec, key)
+            try:
+                frames[key] = encode_frame(read_landing_file(path))
+                hashes[key] = md5_file(path)
+            except ContractViolation as exc:
+                errors.append(f"{key}: {exc}")
+        if errors:
+            raise dg.Failure("cannot read landing files:\n" + "\n".join(errors))
+        source = {k: {"landing_file": str(paths.landing_file(spec, k))} for k in frames}
+        return partitioned_output(context, frames, source, version_by_partition=hashes)
+
+    @dg.multi_asset(
+        outs={
+            "validated": dg.AssetOut(
+                key=validated_key,
+                io_manager_key="parquet_io",
+                kinds={"pandera", "pandas"},
+                description="Rows that pass the pandera data contract.",
+            ),
+            "quarantine": dg.AssetOut(
+                key=quarantine_key,
+                io_manager_key="parquet_io",
+                description="Rows that failed the contract, with reasons.",
+            ),
+        },
+        ins={"raw": dg.AssetIn(raw_key, metadata={"by_partition": True})},
+        check_specs=[
+            dg.AssetCheckSpec(
+                CONTRACT_CHECK,
+                asset=validated_key,
+                blocking=True,
+                description="The batch meets the data contract.",
+            )
+        ],
+        **common,
+    )
+    def validated(context: dg.AssetExecutionContext, raw: dict[str, pd.DataFrame]) -> Iterator:
+        days = {d.isoformat(): d for d in partition_dates(context)}
+        results, errors = {}, []
+        for key, batch in raw.items():
+            try:
+                results[key] = validate_batch(batch, spec.contract, days[key])
+            except ContractViolation as exc:
+                errors.append((key, exc))
+        if errors:
+            yield _failed_contract_check(validated_key, errors)
+            raise dg.Failure(
+                "data contract broken; downstream assets will not run:\n"
+                + "\n".join(f"{key}: {exc}" for key, exc in errors),
+                metadata={"failure_cases": markdown_table(errors[0][1].failure_cases)},
+            )
+        yield from _validated_outputs(context, results, validated_key, quarantine_key)
+
+    @dg.asset(
+        key=features_key,
+        io_manager_key="parquet_io",
+        kinds={"pandas", "parquet"},
+        ins={
+            "validated": dg.AssetIn(
+                validated_key,
+                partition_mapping=dg.TimeWindowPartitionMapping(
+                    start_offset=-spec.lookback_days, allow_nonexistent_upstream_partitions=True
+                ),
+            )
+        },
+        description="Feature rows (offline store) and latest row per entity (online store).",
+        **common,
+    )
+    def features(
+        context: dg.AssetExecutionContext, validated: pd.DataFrame, online_store: OnlineStore
+    ) -> dg.Output:
+        days = partition_dates(context)
+        frame = build_features(validated, spec, days)
+        by_day = split_by_day(frame, spec.timestamp)
+        empty = frame.iloc[0:0]
+        encoded = {d.isoformat(): encode_frame(by_day.get(d.isoformat(), empty)) for d in days}
+        written = online_store.write_latest(spec, frame)
+        context.log.info(f"online store: {written} entity rows upserted")
+        return partitioned_output(context, encoded)
+
+    return [raw, validated, features]
+
+
+def _failed_contract_check(key: dg.AssetKey, errors: list) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=CONTRACT_CHECK,
+        asset_key=key,
+        passed=False,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(f"{k}: {e}" for k, e in errors)[:2000],
+        metadata={
+            "broken_partitions": ", ".join(k for k, _ in errors),
+            "failure_cases": markdown_table(errors[0][1].failure_cases),
+        },
+    )
+
+
+def _validated_outputs(context, results, validated_key, quarantine_key) -> Iterator:
+    valid = {k: encode_frame(r.valid) for k, r in results.items()}
+    quarantined = {k: encode_frame(r.quarantine) for k, r in results.items()}
+    details = {
+        k: {
+            "rows_in": r.n_rows,
+            "rows_quarantined": len(r.quarantine),
+            "quarantine_fraction": float(r.quarantine_fraction),
+            "failure_cases": markdown_table(r.failure_summary),
+        }
+        for k, r in results.items()
+    }
+    yield partitioned_output(
+        context, valid, details, output_name="validated", asset_key=validated_key
+    )
+    reasons = {
+        k: {"reasons": markdown_table(r.quarantine[[REASONS_COLUMN]].head(20))}
+        for k, r in results.items()
+    }
+    yield partitioned_output(
+        context, quarantined, reasons, output_name="quarantine", asset_key=quarantine_key
+    )
+    total_in = sum(r.n_rows for r in results.values())
+    total_q = sum(len(r.quarantine) for r in results.values())
+    yield dg.AssetCheckResult(
+        check_name=CONTRACT_CHECK,
+        asset_key=validated_key,
+        passed=True,
+        metadata={
+            "rows_in": total_in,
+            "rows_quarantined": total_q,
+            "quarantine_fraction": total_q / total_in if total_in else 0.0,
+        },
+    )

@@ -1,0 +1,284 @@
+"""Modelling assets: training_set → challenger → promotion, and daily predictions."""
+
+import hashlib
+from collections.abc import Iterator
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+
+from ml_platform.assets.ingest import asset_key
+from ml_platform.assets.results import frame_output, partitioned_output
+from ml_platform.core import training
+from ml_platform.core.features import split_by_day
+from ml_platform.core.promotion import decide
+from ml_platform.core.storage import encode_frame
+from ml_platform.resources.audit import record_alias_change
+from ml_platform.resources.platform import PlatformPaths, git_commit, source_hash
+from ml_platform.resources.registry import (
+    CANARY,
+    CHALLENGER,
+    CHAMPION,
+    FINGERPRINT_TAG,
+    PREVIOUS,
+    ModelRegistry,
+)
+from ml_platform.specs import PipelineSpec
+
+
+def tracking_key(spec: PipelineSpec) -> str:
+    return f"mlflow_{spec.name}"
+
+
+def build_modeling_assets(
+    spec: PipelineSpec, partitions: dg.PartitionsDefinition
+) -> list[dg.AssetsDefinition]:
+    name = spec.name
+    features_key, training_key = asset_key(spec, "features"), asset_key(spec, "training_set")
+    challenger_key, promotion_key = asset_key(spec, "challenger"), asset_key(spec, "promotion")
+    trusted = spec.model.skops_trusted_types
+
+    @dg.asset(
+        key=training_key,
+        ins={"features": dg.AssetIn(features_key)},
+        group_name=name,
+        io_manager_key="parquet_io",
+        kinds={"pandas", "parquet"},
+        description="Point-in-time-correct labelled window with a time-based holdout.",
+    )
+    def training_set(features: pd.DataFrame) -> dg.Output:
+        try:
+            frame = training.build_training_set(features, spec)
+        except training.TrainingDataError as exc:
+            raise dg.Failure(str(exc)) from exc
+        split = frame[training.SPLIT].value_counts()
+        days = frame[spec.timestamp]
+        return frame_output(
+            encode_frame(frame),
+            {
+                "train_rows": int(split.get("train", 0)),
+                "holdout_rows": int(split.get("holdout", 0)),
+                "first_day": str(days.min().date()),
+                "last_day": str(days.max().date()),
+            },
+        )
+
+    @dg.asset(
+        key=challenger_key,
+        ins={"training_set": dg.AssetIn(training_key)},
+        group_name=name,
+        required_resource_keys={tracking_key(spec), "registry", "paths"},
+        kinds={"mlflow", "scikitlearn"},
+        retry_policy=dg.RetryPolicy(max_retries=2, delay=2),
+        description="A fitted model, logged to MLflow and registered with alias `challenger`.",
+    )
+    def challenger(
+        context: dg.AssetExecutionContext, training_set: pd.DataFrame
+    ) -> dg.MaterializeResult:
+        # dagster-mlflow's tracker is a function resource, so resources come from the context.
+        tracker = getattr(context.resources, tracking_key(spec))
+        registry: ModelRegistry = context.resources.registry
+        paths: PlatformPaths = context.resources.paths
+        lineage = _lineage(context, spec, training_key, paths)
+        existing = registry.find_version(name, lineage[FINGERPRINT_TAG])
+        if existing is not None:
+            registry.set_alias(name, CHALLENGER, existing.version)
+            tracker.set_tag("ml_platform.reused_version", existing.version)
+            tracker.end_run()
+            context.log.info(
+                f"same data, code and spec as v{existing.version}: reused, not retrained"
+            )
+            return dg.MaterializeResult(
+                metadata={"model_version": int(existing.version), "reused": True, **lineage}
+            )
+        try:
+            version, metrics = _train_and_register(spec, training_set, registry, tracker, lineage)
+        except Exception:
+            tracker.end_run(status="FAILED")
+            raise
+        return dg.MaterializeResult(
+            metadata={"model_version": int(version), "reused": False, **metrics, **lineage}
+        )
+
+    @dg.asset(
+        key=promotion_key,
+        ins={"training_set": dg.AssetIn(training_key)},
+        deps=[challenger_key],
+        group_name=name,
+        kinds={"mlflow"},
+        description="Significance-gated promotion of the challenger; evidence recorded.",
+    )
+    def promotion(
+        context: dg.AssetExecutionContext,
+        training_set: pd.DataFrame,
+        registry: ModelRegistry,
+        paths: PlatformPaths,
+    ) -> dg.MaterializeResult:
+        candidate = registry.alias_version(name, CHALLENGER)
+        if candidate is None:
+            raise dg.Failure(f"no {CHALLENGER!r} alias on model {name!r}: materialise challenger")
+        incumbent = registry.alias_version(name, CHAMPION)
+        if incumbent is not None and incumbent.version == candidate.version:
+            return dg.MaterializeResult(
+                metadata={
+                    "decision": "unchanged",
+                    "reason": "challenger is already champion",
+                    "champion_version": int(incumbent.version),
+                }
+            )
+        rows = training.holdout(training_set)
+        errors = _holdout_errors(rows, spec, registry, trusted, has_champion=incumbent is not None)
+        decision = decide(
+            errors["challenger"],
+            errors["baseline"],
+            errors.get("champion"),
+            spec.promotion.alpha,
+            spec.promotion.min_relative_improvement,
+            spec.promotion.test,
+        )
+        tags = decision.as_tags()
+        registry.tag_version(name, candidate.version, tags)
+        registry.client().set_tag(
+            candidate.run_id, "promotion.decision", tags["promotion.decision"]
+        )
+        alias = CANARY if spec.deployment.mode == "canary" else CHAMPION
+        if decision.promote:
+            if incumbent is not None and alias == CHAMPION:
+                registry.set_alias(name, PREVIOUS, incumbent.version)
+            registry.set_alias(name, alias, candidate.version)
+            record_alias_change(
+                paths.audit_log(spec),
+                name,
+                alias,
+                incumbent,
+                candidate.version,
+                decision.reason,
+                tags,
+                context.run_id,
+            )
+        context.log.info(f"promotion decision for v{candidate.version}: {decision.reason}")
+        return dg.MaterializeResult(
+            metadata=_decision_metadata(decision, candidate, incumbent, alias)
+        )
+
+    @dg.asset(
+        key=asset_key(spec, "predictions"),
+        ins={"features": dg.AssetIn(features_key)},
+        deps=[promotion_key],
+        partitions_def=partitions,
+        group_name=name,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        io_manager_key="parquet_io",
+        output_required=False,
+        kinds={"pandas", "parquet"},
+        description="Champion predictions of the target `horizon_days` after each day.",
+    )
+    def predictions(
+        context: dg.AssetExecutionContext, features: pd.DataFrame, registry: ModelRegistry
+    ) -> Iterator[dg.Output]:
+        try:
+            model, version = registry.load_model(name, CHAMPION, trusted)
+        except LookupError as exc:
+            context.log.warning(f"{exc}; no predictions until a model is promoted")
+            return
+        frame = _predict_frame(model, features, spec, version.version)
+        by_day = split_by_day(frame, spec.timestamp)
+        empty = frame.iloc[0:0]
+        encoded = {k: encode_frame(by_day.get(k, empty)) for k in context.partition_keys}
+        extra = {k: {"model_version": int(version.version)} for k in encoded}
+        yield partitioned_output(context, encoded, extra)
+
+    return [training_set, challenger, promotion, predictions]
+
+
+def _lineage(context, spec: PipelineSpec, training_key: dg.AssetKey, paths: PlatformPaths) -> dict:
+    """Where the model comes from: data version, code version, spec and run."""
+    event = context.instance.get_latest_materialization_event(training_key)
+    data_version = event.asset_materialization.tags.get("dagster/data_version", "unknown")
+    commit, dirty = git_commit(paths.root_path)
+    code = source_hash()
+    fingerprint = hashlib.sha256(f"{data_version}|{code}|{spec.fingerprint()}".encode())
+    return {
+        "training_set_md5": data_version,
+        "git_commit": commit,
+        "git_dirty": str(dirty).lower(),
+        "source_hash": code,
+        "spec_hash": spec.fingerprint(),
+        "dagster_run_id": context.run_id,
+        FINGERPRINT_TAG: fingerprint.hexdigest()[:24],
+    }
+
+
+def _train_and_register(spec, training_set, registry, tracker, lineage) -> tuple[str, dict]:
+    model = training.fit(training_set, spec)
+    evaluation = training.evaluate(model, training.holdout(training_set), spec)
+    metrics = evaluation.as_metrics()
+    tracker.log_params({"estimator": spec.model.estimator, **spec.model.params})
+    tracker.log_metrics(metrics)
+    tracker.set_tags(lineage)
+    registry.ensure_model(spec.name, spec.description)
+    example = training_set[spec.feature_columns].head(5)
+    info = mlflow.sklearn.log_model(
+        model,
+        name="model",
+        serialization_format="skops",
+        skops_trusted_types=spec.model.skops_trusted_types,
+        signature=infer_signature(example, model.predict(example)),
+        input_example=example,
+        registered_model_name=spec.name,
+    )
+    version = str(info.registered_model_version)
+    registry.tag_version(spec.name, version, {**lineage, **metrics})
+    registry.set_alias(spec.name, CHALLENGER, version)
+    tracker.end_run()
+    return version, metrics
+
+
+def _holdout_errors(rows, spec, registry, trusted, has_champion: bool) -> dict[str, np.ndarray]:
+    actual = rows[training.LABEL].to_numpy(dtype="float64")
+    challenger_model, _ = registry.load_model(spec.name, CHALLENGER, trusted)
+    errors = {
+        "challenger": actual - training.predict(challenger_model, rows, spec),
+        "baseline": actual - rows[spec.baseline_column].to_numpy(dtype="float64"),
+    }
+    if has_champion:
+        champion_model, _ = registry.load_model(spec.name, CHAMPION, trusted)
+        errors["champion"] = actual - training.predict(champion_model, rows, spec)
+    return errors
+
+
+def _predict_frame(model, features: pd.DataFrame, spec: PipelineSpec, version: str) -> pd.DataFrame:
+    out = features[[*spec.entity_keys, spec.timestamp]].copy()
+    out["prediction_for"] = out[spec.timestamp] + pd.Timedelta(days=spec.horizon_days)
+    out["prediction"] = training.predict(model, features, spec) if len(features) else []
+    out["model_version"] = int(version)
+    return out
+
+
+def _decision_metadata(decision, candidate, incumbent, alias: str) -> dict:
+    base = decision.against_baseline
+    meta = {
+        "decision": "promoted" if decision.promote else "rejected",
+        "reason": decision.reason,
+        "challenger_version": int(candidate.version),
+        "target_alias": alias,
+        "mae_challenger": base.mae_challenger,
+        "mae_baseline": base.mae_reference,
+        "p_value_vs_baseline": base.p_value,
+        "effect_size_vs_baseline": base.effect_size,
+        "improvement_vs_baseline": base.relative_improvement,
+    }
+    champ = decision.against_champion
+    if champ is not None and incumbent is not None:
+        meta.update(
+            {
+                "champion_version": int(incumbent.version),
+                "mae_champion": champ.mae_reference,
+                "p_value_vs_champion": champ.p_value,
+                "effect_size_vs_champion": champ.effect_size,
+                "improvement_vs_champion": champ.relative_improvement,
+            }
+        )
+    return meta

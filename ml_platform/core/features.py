@@ -1,0 +1,107 @@
+"""The feature recipe: one function shared by batch (offline) and online features.
+
+A feature row for (entity, day D) describes the prediction of the target on D + horizon using only
+data up to and including D, so every row is point-in-time correct by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+
+from ml_platform.specs import PipelineSpec
+
+
+def build_features(
+    history: pd.DataFrame, spec: PipelineSpec, feature_days: Iterable[date]
+) -> pd.DataFrame:
+    """Feature rows for every entity observed on each of `feature_days`.
+
+    `history` holds validated rows for the feature days and at least `spec.lookback_days` before
+    the first of them; missing history yields NaN lags rather than an error, because new
+    entities and gaps are normal and the estimator handles NaN.
+    """
+    days = pd.DatetimeIndex(sorted({pd.Timestamp(d) for d in feature_days}))
+    keys, ts, target = spec.entity_keys, spec.timestamp, spec.target
+    columns = [*keys, ts, target, *spec.features.passthrough]
+    if days.empty:
+        return pd.DataFrame(columns=[*columns, *spec.feature_columns])
+    today = history[history[ts].isin(days)][[*keys, ts, *spec.features.passthrough, target]]
+    if today.empty:
+        return _empty_features(spec)
+
+    wide = _daily_wide(history, spec, start=days[0] - pd.Timedelta(days=spec.lookback_days))
+    derived = {}
+    for lag in spec.features.lags:
+        derived[f"{target}_lag_{lag}"] = wide.shift(lag - spec.horizon_days)
+    for window in spec.features.rolling_means:
+        rolled = wide.rolling(window, min_periods=max(1, window // 2)).mean()
+        derived[f"{target}_rolling_mean_{window}"] = rolled
+    long = pd.concat(
+        {
+            name: frame.loc[frame.index.isin(days)].stack(keys, future_stack=True)
+            for name, frame in derived.items()
+        },
+        axis=1,
+    )
+    long.index = long.index.set_names([ts, *keys])
+    out = today.merge(long.reset_index(), on=[*keys, ts], how="left")
+    out = out.join(calendar_features(out[ts], spec))
+    out = out[[*keys, ts, target, *spec.feature_columns]]
+    return out.sort_values([ts, *keys], kind="stable").reset_index(drop=True)
+
+
+def _daily_wide(history: pd.DataFrame, spec: PipelineSpec, start: pd.Timestamp) -> pd.DataFrame:
+    """Target as a day × entity matrix with a row for every calendar day (gaps are NaN)."""
+    ts = spec.timestamp
+    window = history[history[ts] >= start]
+    wide = window.pivot_table(
+        index=ts, columns=spec.entity_keys, values=spec.target, aggfunc="mean"
+    ).astype("float64")
+    full = pd.date_range(min(start, wide.index.min()), wide.index.max(), freq="D", name=ts)
+    return wide.reindex(full)
+
+
+def calendar_features(feature_day: pd.Series, spec: PipelineSpec) -> pd.DataFrame:
+    """Calendar facts about the predicted day, which are known in advance."""
+    target_day = pd.to_datetime(feature_day) + pd.Timedelta(days=spec.horizon_days)
+    holidays = set(spec.features.holidays)
+    available = {
+        "day_of_week": lambda d: d.dt.dayofweek,
+        "day_of_month": lambda d: d.dt.day,
+        "month": lambda d: d.dt.month,
+        "day_of_year": lambda d: d.dt.dayofyear,
+        "is_weekend": lambda d: (d.dt.dayofweek >= 5).astype("int64"),
+        "is_holiday": lambda d: d.dt.strftime("%m-%d").isin(holidays).astype("int64"),
+    }
+    return pd.DataFrame(
+        {name: available[name](target_day).astype("int64") for name in spec.features.calendar},
+        index=feature_day.index,
+    )
+
+
+def _empty_features(spec: PipelineSpec) -> pd.DataFrame:
+    cols = [*spec.entity_keys, spec.timestamp, spec.target, *spec.feature_columns]
+    return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
+
+
+def required_history(spec: PipelineSpec, first_day: date) -> date:
+    """The earliest day whose validated rows the features of `first_day` depend on."""
+    return first_day - timedelta(days=spec.lookback_days)
+
+
+def split_by_day(frame: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:
+    """Partition a frame into {YYYY-MM-DD: rows}, the layout of daily partitions."""
+    if frame.empty:
+        return {}
+    day_keys = pd.to_datetime(frame[column]).dt.strftime("%Y-%m-%d").to_numpy()
+    order = np.argsort(day_keys, kind="stable")
+    sorted_keys = day_keys[order]
+    bounds = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
+    parts = np.split(order, bounds)
+    return {
+        str(day_keys[idx[0]]): frame.iloc[idx].reset_index(drop=True) for idx in parts if len(idx)
+    }

@@ -1,0 +1,61 @@
+"""The one `Definitions` object: every pipeline spec's assets plus shared resources.
+
+Building it reads the spec files and nothing else: no MLflow, DVC or network access at import.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from ml_platform.assets.factory import build_pipeline_assets
+from ml_platform.assets.modeling import tracking_key
+from ml_platform.automation.jobs import build_jobs
+from ml_platform.instance import tune_embedded_sqlite
+from ml_platform.resources.io_manager import ParquetIOManager
+from ml_platform.resources.online_store import OnlineStore
+from ml_platform.resources.platform import PlatformPaths, default_root
+from ml_platform.resources.registry import ModelRegistry
+from ml_platform.resources.tracking import mlflow_tracking
+from ml_platform.specs import SPEC_DIR, load_specs
+
+
+def mlflow_uri(root: Path) -> str:
+    """`MLFLOW_TRACKING_URI` in production; SQLite under `.ml_platform/` by default."""
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / '.ml_platform' / 'mlflow.db'}"
+    )
+
+
+def build_definitions(root: Path | None = None, spec_dir: Path = SPEC_DIR) -> dg.Definitions:
+    root = (root or default_root()).resolve()
+    tune_embedded_sqlite()
+    specs = load_specs(spec_dir, root)
+    tracking_uri = mlflow_uri(root)
+    artifact_root = str(root / ".ml_platform" / "mlartifacts")
+    resources: dict[str, object] = {
+        "paths": PlatformPaths(root=str(root)),
+        "parquet_io": ParquetIOManager(base_dir=str(root / "data")),
+        "registry": ModelRegistry(tracking_uri=tracking_uri, artifact_root=artifact_root),
+        "online_store": OnlineStore(path=str(root / ".ml_platform" / "online_store.sqlite")),
+    }
+    assets, jobs = [], []
+    for spec in specs:
+        assets.extend(build_pipeline_assets(spec))
+        jobs.extend(build_jobs(spec))
+        resources[tracking_key(spec)] = mlflow_tracking.configured(
+            {
+                "experiment_name": spec.name,
+                "mlflow_tracking_uri": tracking_uri,
+                "artifact_root": artifact_root,
+                "extra_tags": {"pipeline": spec.name},
+            }
+        )
+    return dg.Definitions(
+        assets=assets, jobs=jobs, resources=resources, executor=dg.in_process_executor
+    )
+
+
+defs = build_definitions()

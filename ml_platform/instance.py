@@ -1,0 +1,71 @@
+"""The persistent Dagster instance under `.ml_platform/dagster_home` (embedded default).
+
+A persistent DAGSTER_HOME keeps run history, asset versions and sensor cursors across restarts.
+Production points DAGSTER_HOME at a folder whose dagster.yaml uses dagster-postgres instead
+(see `deploy/dagster.postgres.yaml`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DAGSTER_YAML = """\
+# Embedded default: SQLite storage under this folder. See deploy/dagster.postgres.yaml for Postgres.
+telemetry:
+  enabled: false
+run_queue:
+  max_concurrent_runs: 2
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 30
+"""
+
+
+def ensure_dagster_home(root: Path) -> Path:
+    """Use DAGSTER_HOME if set, else `.ml_platform/dagster_home`, creating it with a config."""
+    home = Path(os.environ.get("DAGSTER_HOME") or root / ".ml_platform" / "dagster_home")
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    os.environ["DAGSTER_HOME"] = str(home.resolve())
+    return home
+
+
+_TUNED = False
+
+
+def tune_embedded_sqlite() -> None:
+    """Make the embedded Dagster SQLite storage fast enough for daily-partition backfills.
+
+    Dagster opens and closes a SQLite connection per write; with SQLite's defaults every close
+    checkpoints and fsyncs, which costs ~100 ms per partition event on this kind of disk (a
+    730-partition backfill spent minutes on bookkeeping). WAL with `synchronous=OFF` survives a
+    crash of any process and loses only recent run-history writes on an OS crash or power loss.
+    It applies only to databases under DAGSTER_HOME: MLflow's registry and our data files keep
+    full durability. Set ML_PLATFORM_SQLITE_DURABLE=1 to opt out; production uses Postgres.
+    """
+    global _TUNED
+    if _TUNED or os.environ.get("ML_PLATFORM_SQLITE_DURABLE") == "1":
+        return
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    @event.listens_for(Engine, "connect")
+    def _pragmas(dbapi_connection: object, _record: object) -> None:
+        home = os.environ.get("DAGSTER_HOME")
+        if not home or not isinstance(dbapi_connection, sqlite3.Connection):
+            return
+        cursor = dbapi_connection.cursor()
+        try:
+            path = cursor.execute("PRAGMA database_list").fetchone()[2]
+            if path and Path(path).resolve().is_relative_to(Path(home).resolve()):
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=OFF")
+        finally:
+            cursor.close()
+
+    _TUNED = True

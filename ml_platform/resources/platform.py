@@ -1,0 +1,70 @@
+"""Where things live: the project root, landing files and runtime state, as one resource."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+
+from ml_platform.specs import PipelineSpec
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def default_root() -> Path:
+    """The project root: `ML_PLATFORM_ROOT` if set, else the working directory."""
+    return Path(os.environ.get("ML_PLATFORM_ROOT") or Path.cwd()).resolve()
+
+
+class PlatformPaths(dg.ConfigurableResource):
+    """Paths relative to one root, so a test or a second checkout never touches another's data."""
+
+    root: str
+
+    @property
+    def root_path(self) -> Path:
+        return Path(self.root)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root_path / ".ml_platform"
+
+    def landing_dir(self, spec: PipelineSpec) -> Path:
+        return self.root_path / spec.landing.directory
+
+    def landing_file(self, spec: PipelineSpec, partition_key: str) -> Path:
+        return self.landing_dir(spec) / f"{partition_key}.csv"
+
+    def audit_log(self, spec: PipelineSpec) -> Path:
+        return self.state_dir / "audit" / f"{spec.name}.jsonl"
+
+
+def source_hash() -> str:
+    """Hash of the package's own source, so code changes that git has not seen still count."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*")):
+        if path.suffix in {".py", ".yaml"} and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def git_commit(root: Path) -> tuple[str, bool]:
+    """(commit sha, dirty) of the checkout at `root`; ("unknown", True) outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", True
+    return sha, bool(status.strip())

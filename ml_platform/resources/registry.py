@@ -1,0 +1,113 @@
+"""The MLflow model registry, behind one resource with working embedded defaults.
+
+Models are loaded only from this registry, by alias, and deserialised with skops against the
+trusted-types list from *our* spec, never the list stored inside the artifact (which the artifact's
+author controls).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import yaml
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+CANARY = "canary"
+PREVIOUS = "previous"
+FINGERPRINT_TAG = "ml_platform.fingerprint"
+
+
+class ModelRegistry(dg.ConfigurableResource):
+    """MLflow tracking + registry (SQLite and local artifacts by default)."""
+
+    tracking_uri: str
+    artifact_root: str
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def ensure_experiment(self, name: str) -> str:
+        """Create the experiment with an artifact root we choose (MLflow's default is ./mlruns)."""
+        client = self.client()
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = Path(self.artifact_root, name).resolve().as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created concurrently by another process
+            return client.get_experiment_by_name(name).experiment_id
+
+    def ensure_model(self, name: str, description: str = "") -> None:
+        client = self.client()
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            # Another process may create it concurrently; the lookup below proves it exists.
+            with contextlib.suppress(MlflowException):
+                client.create_registered_model(name, description=description)
+            client.get_registered_model(name)
+
+    def find_version(self, name: str, fingerprint: str) -> ModelVersion | None:
+        """The version already trained from exactly this data, code and spec, if any."""
+        found = self.client().search_model_versions(
+            f"name = '{name}' and tags.`{FINGERPRINT_TAG}` = '{fingerprint}'"
+        )
+        return min(found, key=lambda v: int(v.version)) if found else None
+
+    def alias_version(self, name: str, alias: str) -> ModelVersion | None:
+        try:
+            return self.client().get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return None
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client().set_registered_model_alias(name, alias, str(version))
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        if self.alias_version(name, alias) is not None:
+            self.client().delete_registered_model_alias(name, alias)
+
+    def tag_version(self, name: str, version: str, tags: dict[str, Any]) -> None:
+        client = self.client()
+        for key, value in tags.items():
+            client.set_model_version_tag(name, str(version), key, str(value)[:5000])
+
+    def load_model(
+        self, name: str, alias: str, trusted_types: list[str]
+    ) -> tuple[Any, ModelVersion]:
+        """Load the version behind `alias` with skops, trusting only `trusted_types`."""
+        import mlflow.artifacts
+        import skops.io
+
+        version = self.alias_version(name, alias)
+        if version is None:
+            raise LookupError(f"registered model {name!r} has no {alias!r} alias yet")
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version.version}", tracking_uri=self.tracking_uri
+            )
+        )
+        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"].get("sklearn", {})
+        if flavor.get("serialization_format") != "skops":
+            raise ValueError(
+                f"{name} v{version.version} is not stored in skops format; refusing to load it"
+            )
+        model_file = local / flavor.get("pickled_model", "model.skops")
+        untrusted = [
+            t for t in skops.io.get_untrusted_types(file=model_file) if t not in trusted_types
+        ]
+        if untrusted:
+            raise ValueError(
+                f"{name} v{version.version} contains types not in the spec's "
+                f"skops_trusted_types: {untrusted}"
+            )
+        return skops.io.load(model_file, trusted=trusted_types), version
