@@ -8,7 +8,6 @@ author controls).
 from __future__ import annotations
 
 import contextlib
-
 from pathlib import Path
 from typing import Any
 
