@@ -77,6 +77,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path.cwd(), args.pipeline, regenerate=args.regenerate)
 
 
+def cmd_dev(args: argparse.Namespace) -> int:
+    """`dagster dev` with the embedded instance, bound to 127.0.0.1 unless told otherwise."""
+    import os
+
+    from ml_platform.instance import ensure_dagster_home
+
+    root = Path.cwd()
+    home = ensure_dagster_home(root)
+    print(f"DAGSTER_HOME={home}; UI on http://{args.host}:{args.port}", flush=True)
+    command = [sys.executable, "-m", "dagster", "dev", "-h", args.host, "-p", str(args.port), "-w", "workspace.yaml"]
+    os.execvpe(command[0], command, {**os.environ, "ML_PLATFORM_ROOT": str(root)})
+    return 0  # unreachable: exec replaces this process
+
+
 def cmd_drift(argv: list[str]) -> int:
     from ml_platform.drift_cli import drift_command
 
@@ -112,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pipeline", default="sales_forecast")
     demo.add_argument("--regenerate", action="store_true", help="generate data even if present")
     demo.set_defaults(func=cmd_demo)
+
+    dev = sub.add_parser("dev", help="open the Dagster UI (webserver + daemon)")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(func=cmd_dev)
 
     sub.add_parser("drift", help="compare two CSV/parquet files for drift", add_help=False)
     return parser

@@ -21,6 +21,7 @@ from pandera.errors import SchemaErrors
 from ml_platform.specs import ColumnContract, ContractSpec
 
 MALFORMED_COLUMN = "_malformed_line"
+_INT_LIMIT = 2**53  # beyond this, float parsing has lost integer precision
 REASONS_COLUMN = "_reasons"
 
 
@@ -194,6 +195,10 @@ def _coerce(raw: pd.DataFrame, contract: ContractSpec) -> tuple[pd.DataFrame, pd
         if not rule.nullable:
             cases.append(_cases(raw.index[blank], name, "not_nullable", text[blank]))
         cases.append(_cases(raw.index[unparsable], name, f"parse_{rule.dtype}", text[unparsable]))
+        if rule.dtype == "int":
+            overflow = parsed.abs() > _INT_LIMIT
+            cases.append(_cases(raw.index[overflow], name, "int_overflow", text[overflow]))
+            parsed = parsed.where(~overflow)
         out[name] = parsed
     fails = pd.concat(cases, ignore_index=True) if cases else _cases(pd.Index([]), "", "", [])
     clean_index = ~out.index.isin(fails["index"])

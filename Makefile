@@ -1,0 +1,43 @@
+# The front door. `make demo` and `make test` do all setup on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PORT   ?= 3000
+
+.PHONY: install demo test test-fast dev bench lint format reset clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install  ## generate ~2 years x 20 stores, materialise the whole graph, print a summary
+	$(BIN)/ml-platform demo
+
+test: install  ## the whole suite, slow end-to-end tests included (what CI runs)
+	$(BIN)/pytest -q -ra --durations=10
+
+test-fast: install  ## skip tests marked slow
+	$(BIN)/pytest -q -m "not slow"
+
+dev: install  ## Dagster UI + daemon on http://127.0.0.1:$(PORT)
+	$(BIN)/ml-platform dev --port $(PORT)
+
+bench: install  ## benchmarks; figures are ratios against baselines run side by side
+	$(BIN)/python bench/pipeline.py
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+reset:  ## forget all runtime state and data products (landing files are kept)
+	rm -rf .ml_platform data/sales_forecast
+
+clean: reset
+	rm -rf data/landing $(VENV)

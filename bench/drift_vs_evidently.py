@@ -1,0 +1,279 @@
+"""Benchmark: our drift core against Evidently's DataDriftPreset on the same data.
+
+    pip install -e '.[bench]'
+    python bench/drift_vs_evidently.py [--rows 1000000]
+
+Each tool runs in its own fresh interpreter, so wall time and peak RSS (ru_maxrss of that process)
+belong to one tool only. Both children build the same frames from the same seeds (a fingerprint
+proves it): 15 numeric and 5 categorical columns, with a known shift in 5 numeric and 2 categorical
+columns ("shifted"), and a current window drawn like the reference ("control").
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+N_NUMERIC, N_CATEGORICAL = 15, 5
+SHIFTED_COLUMNS = ["num_00", "num_01", "num_02", "num_03", "num_04", "cat_0", "cat_1"]
+TARGETS = {"speedup": 20.0, "memory_ratio": 1 / 3, "agreement": 0.90}
+
+
+def make_window(rows: int, seed: int, shifted: bool) -> pd.DataFrame:
+    """One window; `shifted` applies the known shifts to the columns in SHIFTED_COLUMNS."""
+    rng = np.random.default_rng(seed)
+    s = 1.0 if shifted else 0.0
+    numeric = {
+        "num_00": lambda: rng.normal(0.5 * s, 1.0, rows),  # mean shift of 0.5 std
+        "num_01": lambda: rng.normal(0.0, 1.0 + 0.5 * s, rows),  # scale x1.5
+        "num_02": lambda: rng.lognormal(0.3 * s, 0.8, rows),  # skewed, multiplicative shift
+        "num_03": lambda: rng.poisson(4.0 + 1.5 * s, rows).astype(np.int64),  # counts
+        "num_04": lambda: rng.uniform(0.3 * s, 1.0 + 0.3 * s, rows),  # range moves
+        "num_05": lambda: rng.normal(10.0, 3.0, rows),
+        "num_06": lambda: rng.exponential(2.0, rows),
+        "num_07": lambda: rng.gamma(2.0, 2.0, rows),
+        "num_08": lambda: rng.standard_t(5, rows),
+        "num_09": lambda: rng.integers(0, 7, rows),  # weekday-like
+        "num_10": lambda: rng.binomial(1, 0.3, rows),  # flag
+        "num_11": lambda: rng.beta(2.0, 5.0, rows),
+        "num_12": lambda: np.where(  # bimodal
+            rng.random(rows) < 0.3, rng.normal(-2.0, 0.5, rows), rng.normal(1.0, 1.0, rows)
+        ),
+        "num_13": lambda: rng.weibull(1.5, rows),
+        "num_14": lambda: rng.laplace(0.0, 1.0, rows),
+    }
+    # Column by column, so building the frame never holds two copies of it: the peak RSS we
+    # report should be the tool's, not the generator's.
+    frame = pd.DataFrame(index=pd.RangeIndex(rows))
+    for name, draw in numeric.items():
+        frame[name] = draw()
+    mixes = {
+        "cat_0": ([0.4, 0.3, 0.2, 0.1], [0.15, 0.25, 0.3, 0.3]),  # mix shift
+        "cat_1": ([0.5, 0.3, 0.2, 0.0], [0.35, 0.25, 0.15, 0.25]),  # a new category appears
+        "cat_2": ([0.25] * 4, [0.25] * 4),
+        "cat_3": ([0.6, 0.2, 0.1, 0.1], [0.6, 0.2, 0.1, 0.1]),
+        "cat_4": ([0.1] * 10, [0.1] * 10),
+    }
+    for name, (before, after) in mixes.items():
+        p = np.asarray(after if shifted else before)
+        labels = np.array([f"{name}_{i}" for i in range(p.size)], dtype=object)
+        frame[name] = labels[rng.choice(p.size, size=rows, p=p / p.sum())]
+    return frame
+
+
+def kinds() -> dict[str, str]:
+    return {
+        **{f"num_{i:02d}": "numeric" for i in range(N_NUMERIC)},
+        **{f"cat_{i}": "categorical" for i in range(N_CATEGORICAL)},
+    }
+
+
+def run_ours(reference: pd.DataFrame, current: pd.DataFrame) -> tuple[dict[str, bool], float]:
+    from ml_platform.core.drift import compute_drift
+
+    report = compute_drift(reference, current, columns=kinds())
+    report.to_dict()
+    return {c.column: c.drifted for c in report.columns}, report.drift_share
+
+
+def run_evidently(reference: pd.DataFrame, current: pd.DataFrame) -> tuple[dict[str, bool], float]:
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    definition = DataDefinition(
+        numerical_columns=[c for c, k in kinds().items() if k == "numeric"],
+        categorical_columns=[c for c, k in kinds().items() if k == "categorical"],
+    )
+    snapshot = Report([DataDriftPreset()], include_tests=True).run(
+        Dataset.from_pandas(current, data_definition=definition),
+        Dataset.from_pandas(reference, data_definition=definition),
+    )
+    result = snapshot.dict()
+    prefix = "Value Drift for column "
+    decisions = {
+        t["name"][len(prefix) :]: str(t["status"]).endswith("FAIL")
+        for t in result["tests"]
+        if t["name"].startswith(prefix)
+    }
+    share = next(
+        m["value"]["share"] for m in result["metrics"] if "DriftedColumnsCount" in m["metric_name"]
+    )
+    return decisions, float(share)
+
+
+def child(tool: str, scenario: str, rows: int, seed: int) -> None:
+    """Build the data, run one tool once, print one JSON line with time and memory.
+
+    Imports happen before the clock starts: we compare the drift computation, not start-up.
+    """
+    if tool == "ours":
+        import ml_platform.core.drift  # noqa: F401
+    else:
+        import evidently.presets  # noqa: F401
+    reference = make_window(rows, seed, shifted=False)
+    current = make_window(rows, seed + 1, shifted=scenario == "shifted")
+    rss_start = _current_rss_mb()
+    peak_reset = _reset_peak_rss()
+    runner = run_ours if tool == "ours" else run_evidently
+    start = time.perf_counter()
+    decisions, share = runner(reference, current)
+    seconds = time.perf_counter() - start
+    rss_process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_run_peak = _peak_rss_mb() if peak_reset else rss_process_peak
+    digest = hashlib.sha1()
+    for frame in (reference, current):
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    print(
+        json.dumps(
+            {
+                "tool": tool,
+                "scenario": scenario,
+                "seconds": seconds,
+                "rss_start_mb": rss_start,
+                "rss_run_peak_mb": rss_run_peak,
+                "rss_process_peak_mb": rss_process_peak,
+                "drift_share": share,
+                "decisions": decisions,
+                "fingerprint": digest.hexdigest()[:12],
+            }
+        )
+    )
+
+
+def _current_rss_mb() -> float:
+    """Resident memory now (Linux /proc), as opposed to ru_maxrss, the high-water mark."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM), so the peak we read belongs to the tool run."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        line = next(x for x in status if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def spawn(tool: str, scenario: str, rows: int, seed: int) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        tool,
+        "--scenario",
+        scenario,
+        "--rows",
+        str(rows),
+        "--seed",
+        str(seed),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"{tool}/{scenario} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--child", choices=["ours", "evidently"], help=argparse.SUPPRESS)
+    parser.add_argument("--scenario", choices=["shifted", "control"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.scenario, args.rows, args.seed)
+        return 0
+    if importlib.util.find_spec("evidently") is None:
+        print(
+            "evidently is not installed; install the bench extra: pip install -e '.[bench]' "
+            "(pins evidently==0.7.*, pandas<3)",
+            file=sys.stderr,
+        )
+        return 2
+    runs = {
+        (tool, sc): spawn(tool, sc, args.rows, args.seed)
+        for sc in ("shifted", "control")
+        for tool in ("ours", "evidently")
+    }
+    print_results(runs, args.rows)
+    return 0
+
+
+def print_results(runs: dict, rows: int) -> None:
+    ours, ev = runs["ours", "shifted"], runs["evidently", "shifted"]
+    assert ours["fingerprint"] == ev["fingerprint"], "the tools saw different data"
+    version = importlib.metadata.version("evidently")
+    print(
+        f"\n{rows:,} rows x {N_NUMERIC + N_CATEGORICAL} columns "
+        f"({N_NUMERIC} numeric, {N_CATEGORICAL} categorical); data {ours['fingerprint']}\n"
+    )
+    print(
+        f"{'scenario':9} {'tool':18} {'time s':>8} {'RSS at start':>13} {'peak RSS in run':>16}"
+        f" {'run - start':>12} {'process peak':>13} {'drift_share':>12}"
+    )
+    for (tool, scenario), r in runs.items():
+        name = f"evidently {version}" if tool == "evidently" else "ml_platform"
+        print(
+            f"{scenario:9} {name:18} {r['seconds']:8.2f} {r['rss_start_mb']:10.0f} MB "
+            f"{r['rss_run_peak_mb']:13.0f} MB {r['rss_run_peak_mb'] - r['rss_start_mb']:9.0f} MB "
+            f"{r['rss_process_peak_mb']:10.0f} MB {r['drift_share']:12.2f}"
+        )
+    speedup = ev["seconds"] / ours["seconds"]
+    memory_ratio = ours["rss_run_peak_mb"] / ev["rss_run_peak_mb"]
+    work_ratio = (ours["rss_run_peak_mb"] - ours["rss_start_mb"]) / (
+        ev["rss_run_peak_mb"] - ev["rss_start_mb"]
+    )
+    process_ratio = ours["rss_process_peak_mb"] / ev["rss_process_peak_mb"]
+    print(f"\nspeed-up (Evidently time / ours, shifted): {speedup:.1f}x")
+    print(
+        f"memory ratio ours / Evidently (shifted): peak RSS in run {memory_ratio:.2f}, "
+        f"memory added by the run {work_ratio:.3f}, process peak incl. data build "
+        f"{process_ratio:.2f}"
+    )
+    print(f"\n{'column':8} {'shift injected':>14} {'ours':>8} {'Evidently':>10} {'agree':>6}")
+    agree = 0
+    for column in kinds():
+        a, b = ours["decisions"][column], ev["decisions"].get(column)
+        agree += a == b
+        injected = "yes" if column in SHIFTED_COLUMNS else "no"
+        match = "yes" if a == b else "NO"
+        print(f"{column:8} {injected:>14} {_yn(a):>8} {_yn(b):>10} {match:>6}")
+    agreement = agree / len(kinds())
+    print(f"\nagreement on shifted data: {agree}/{len(kinds())} = {agreement:.0%}")
+    control_ours, control_ev = runs["ours", "control"], runs["evidently", "control"]
+    print(
+        f"control drift_share: ours {control_ours['drift_share']:.2f}, "
+        f"Evidently {control_ev['drift_share']:.2f}"
+    )
+    checks = [
+        (f"speed-up >= {TARGETS['speedup']:.0f}x", speedup >= TARGETS["speedup"]),
+        ("peak RSS in run <= 1/3 of Evidently", memory_ratio <= TARGETS["memory_ratio"]),
+        (f"agreement >= {TARGETS['agreement']:.0%}", agreement >= TARGETS["agreement"]),
+    ]
+    print("\n" + "\n".join(f"target {name}: {'met' if ok else 'NOT met'}" for name, ok in checks))
+
+
+def _yn(value: bool | None) -> str:
+    return "-" if value is None else ("drift" if value else "stable")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

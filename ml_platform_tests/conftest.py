@@ -1,0 +1,125 @@
+"""Shared fixtures: real Dagster instances, real MLflow stores and real files, in temp folders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from ml_platform.specs import SPEC_DIR, PipelineSpec, load_spec
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def spec() -> PipelineSpec:
+    return load_spec(SPEC_DIR / "sales_forecast.yaml", REPO_ROOT)
+
+
+def make_platform_root(path: Path) -> Path:
+    """A project root with its own params.yaml, landing folder and state (no repo state used)."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_ROOT / "params.yaml", path / "params.yaml")
+    return path
+
+
+def generate(root: Path, spec: PipelineSpec, *, stores: int = 4, days: int = 150, **kw) -> list:
+    from ml_platform.core.datagen import GeneratorConfig, write_landing_files
+
+    config = GeneratorConfig(
+        stores=stores, days=days, start=kw.pop("start", spec.landing.start_date),
+        holidays=tuple(spec.features.holidays), **kw,
+    )
+    return write_landing_files(config, root / spec.landing.directory, append=True)
+
+
+@pytest.fixture
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A temp project root with its own DAGSTER_HOME and MLflow store."""
+    root = make_platform_root(tmp_path / "project")
+    monkeypatch.setenv("DAGSTER_HOME", str(root / ".ml_platform" / "dagster_home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("ML_PLATFORM_ROOT", str(root))
+    monkeypatch.chdir(root)
+    yield root
+
+
+@pytest.fixture(scope="session")
+def trained_platform(tmp_path_factory: pytest.TempPathFactory, spec: PipelineSpec) -> Path:
+    """One small platform taken through the whole demo once and shared by read-only tests."""
+    from ml_platform.demo import run_demo
+
+    root = make_platform_root(tmp_path_factory.mktemp("trained") / "project")
+    saved = {k: os.environ.get(k) for k in ("DAGSTER_HOME", "ML_PLATFORM_ROOT", "MLFLOW_TRACKING_URI")}
+    os.environ["DAGSTER_HOME"] = str(root / ".ml_platform" / "dagster_home")
+    os.environ["ML_PLATFORM_ROOT"] = str(root)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        generate(root, spec, stores=4, days=160, seed=3)
+        assert run_demo(root, spec.name) == 0
+    finally:
+        os.chdir(cwd)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return root
+
+
+def day(offset: int, spec: PipelineSpec) -> str:
+    from datetime import timedelta
+
+    return (spec.landing.start_date + timedelta(days=offset)).isoformat()
+
+
+__all__ = ["date", "day", "generate", "make_platform_root"]
+
+
+@pytest.fixture
+def platform(trained_platform: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The shared trained platform, with this process pointed at it."""
+    monkeypatch.setenv("DAGSTER_HOME", str(trained_platform / ".ml_platform" / "dagster_home"))
+    monkeypatch.setenv("ML_PLATFORM_ROOT", str(trained_platform))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(trained_platform)
+    return trained_platform
+
+
+def run_job(root: Path, job_name: str, partition: str | None = None, selection=None):
+    """Run a job in process against the root's persistent instance, as the demo and UI do."""
+    import dagster as dg
+
+    from ml_platform.definitions import build_definitions
+
+    defs = build_definitions(root)
+    tags = {"dagster/partition": partition} if partition else {}
+    return defs.resolve_job_def(job_name).execute_in_process(
+        instance=dg.DagsterInstance.get(),
+        tags=tags,
+        partition_key=partition,
+        asset_selection=selection,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
+
+
+def failure_messages(result) -> str:
+    return "\n".join(
+        event.step_failure_data.error.message
+        for event in result.all_events
+        if event.is_step_failure and event.step_failure_data
+    )
+
+
+def registry_for(root: Path):
+    from ml_platform.definitions import mlflow_uri
+    from ml_platform.resources.registry import ModelRegistry
+
+    return ModelRegistry(tracking_uri=mlflow_uri(root), artifact_root=str(root / "unused"))

@@ -1,0 +1,88 @@
+"""Training set construction and behavioural model tests on generated data."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml_platform.core import training
+from ml_platform.core.datagen import GeneratorConfig, generate_day
+from ml_platform.core.features import build_features
+
+
+@pytest.fixture(scope="module")
+def features(spec) -> pd.DataFrame:
+    config = GeneratorConfig(stores=8, days=220, seed=11, holidays=tuple(spec.features.holidays))
+    days = [config.start + timedelta(days=i) for i in range(config.days)]
+    validated = pd.concat([generate_day(config, d) for d in days], ignore_index=True)
+    validated["date"] = pd.to_datetime(validated["date"])
+    return build_features(validated, spec, days)
+
+
+def test_labels_are_the_next_day_target(features, spec):
+    labelled = training.attach_labels(features, spec)
+    row = labelled[(labelled.store_id == "S0003") & (labelled.date == "2024-03-01")].iloc[0]
+    nxt = features[(features.store_id == "S0003") & (features.date == "2024-03-02")].iloc[0]
+    assert row[training.LABEL] == nxt["units_sold"]
+
+
+def test_split_is_by_time_and_holdout_is_last(features, spec):
+    ts = training.build_training_set(features, spec)
+    train, hold = ts[ts.split == "train"], ts[ts.split == "holdout"]
+    assert train["date"].max() < hold["date"].min()
+    assert hold["date"].nunique() == spec.model.holdout_days
+    assert hold[spec.baseline_column].notna().all()
+    assert ts[training.LABEL].notna().all()
+
+
+def test_too_little_history_is_a_clear_error(features, spec):
+    first_days = features[features["date"] < "2024-01-10"]
+    with pytest.raises(training.TrainingDataError, match="holdout_days"):
+        training.build_training_set(first_days, spec)
+
+
+@pytest.fixture(scope="module")
+def model(features, spec):
+    return training.fit(training.build_training_set(features, spec), spec)
+
+
+def test_model_beats_seasonal_naive_on_holdout(features, spec, model):
+    ts = training.build_training_set(features, spec)
+    evaluation = training.evaluate(model, training.holdout(ts), spec)
+    assert evaluation.mae < 0.9 * evaluation.mae_baseline
+
+
+def test_behaviour_promotion_raises_the_forecast(features, spec, model):
+    rows = features.tail(200).copy()
+    regular_price = rows["price"].where(rows["promo"] == 0, rows["price"] / 0.8)
+    rows["promo"], rows["price"] = 0, regular_price
+    without = training.predict(model, rows, spec)
+    rows["promo"], rows["price"] = 1, regular_price * 0.8  # a promotion cuts the price ~20 %
+    with_promo = training.predict(model, rows, spec)
+    assert np.mean(with_promo) > np.mean(without)
+
+
+def test_behaviour_higher_recent_sales_raise_the_forecast(features, spec, model):
+    rows = features.tail(200).copy()
+    base = training.predict(model, rows, spec)
+    for column in spec.feature_columns:
+        if column.startswith("units_sold_"):
+            rows[column] = rows[column] * 1.5
+    assert np.mean(training.predict(model, rows, spec)) > np.mean(base) * 1.2
+
+
+def test_behaviour_predictions_are_never_negative(features, spec, model):
+    rows = features.tail(50).copy()
+    for column in spec.feature_columns:
+        if column.startswith("units_sold_"):
+            rows[column] = 0.0
+    assert (training.predict(model, rows, spec) >= 0).all()
+
+
+def test_only_sklearn_regressors_are_allowed(spec):
+    bad = spec.model.model_copy(update={"estimator": "sklearn.cluster.KMeans", "params": {}})
+    with pytest.raises(TypeError, match="not a sklearn regressor"):
+        training.make_estimator(spec.model_copy(update={"model": bad}))
