@@ -86,7 +86,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
     root = Path.cwd()
     home = ensure_dagster_home(root)
     print(f"DAGSTER_HOME={home}; UI on http://{args.host}:{args.port}", flush=True)
-    command = [sys.executable, "-m", "dagster", "dev", "-h", args.host, "-p", str(args.port), "-w", "workspace.yaml"]
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-h",
+        args.host,
+        "-p",
+        str(args.port),
+        "-w",
+        "workspace.yaml",
+    ]
     os.execvpe(command[0], command, {**os.environ, "ML_PLATFORM_ROOT": str(root)})
     return 0  # unreachable: exec replaces this process
 

@@ -38,7 +38,7 @@ def run_demo(root: Path, pipeline: str, regenerate: bool = False) -> int:
     spec = next(s for s in _specs(root) if s.name == pipeline)
     landing = root / spec.landing.directory
     if regenerate or landing_range(landing) is None:
-        print(f"[1/4] generating synthetic landing files into {landing}")
+        print(f"[1/5] generating synthetic landing files into {landing}")
         cli_main(["generate", "--pipeline", pipeline])
     first, last = landing_range(landing)
     instance = dg.DagsterInstance.get()
@@ -46,19 +46,31 @@ def run_demo(root: Path, pipeline: str, regenerate: bool = False) -> int:
     training = defs.resolve_job_def(training_job_name(spec))
     tags = {RANGE_START: first, RANGE_END: last}
     stages = [
-        (f"[2/4] ingest {first}..{last} (raw → validated → features), one run", ingest, tags, None),
-        ("[3/4] training (training_set → challenger → promotion)", training, {}, None),
         (
-            f"[4/4] predictions {first}..{last} from the champion",
+            f"[2/5] ingest {first}..{last} (raw → validated → features), one run",
+            ingest,
+            tags,
+            [dg.AssetKey([pipeline, s]) for s in ("raw", "validated", "quarantine", "features")],
+        ),
+        ("[3/5] training (training_set → challenger → promotion)", training, {}, None),
+        (
+            f"[4/5] predictions {first}..{last} from the champion",
             ingest,
             tags,
             [dg.AssetKey([pipeline, "predictions"])],
+        ),
+        (
+            f"[5/5] drift report for {last} against the champion's reference",
+            ingest,
+            {"dagster/partition": last},
+            [dg.AssetKey([pipeline, "drift_report"])],
         ),
     ]
     for label, job, run_tags, selection in stages:
         print(label, flush=True)
         started = time.monotonic()
         result = job.execute_in_process(
+            partition_key=run_tags.get("dagster/partition"),
             run_config=QUIET,
             instance=instance,
             tags=run_tags,

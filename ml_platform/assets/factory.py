@@ -6,6 +6,7 @@ import dagster as dg
 
 from ml_platform.assets.ingest import build_ingest_assets
 from ml_platform.assets.modeling import build_modeling_assets
+from ml_platform.assets.monitoring import build_monitoring_assets
 from ml_platform.specs import PipelineSpec
 
 
@@ -16,4 +17,8 @@ def daily_partitions(spec: PipelineSpec) -> dg.DailyPartitionsDefinition:
 def build_pipeline_assets(spec: PipelineSpec) -> list[dg.AssetsDefinition]:
     """Every asset of one pipeline, sharing one daily partitions definition."""
     partitions = daily_partitions(spec)
-    return [*build_ingest_assets(spec, partitions), *build_modeling_assets(spec, partitions)]
+    return [
+        *build_ingest_assets(spec, partitions),
+        *build_modeling_assets(spec, partitions),
+        *build_monitoring_assets(spec, partitions),
+    ]

@@ -1,7 +1,9 @@
 """Modelling assets: training_set → challenger → promotion, and daily predictions."""
 
 import hashlib
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import mlflow
@@ -23,9 +25,12 @@ from ml_platform.resources.registry import (
     CHAMPION,
     FINGERPRINT_TAG,
     PREVIOUS,
+    REFERENCE_ARTIFACT,
     ModelRegistry,
 )
 from ml_platform.specs import PipelineSpec
+
+REFERENCE_ROWS = 50_000
 
 
 def tracking_key(spec: PipelineSpec) -> str:
@@ -229,11 +234,27 @@ def _train_and_register(spec, training_set, registry, tracker, lineage) -> tuple
         input_example=example,
         registered_model_name=spec.name,
     )
+    _log_reference(tracker, training_set, spec)
     version = str(info.registered_model_version)
     registry.tag_version(spec.name, version, {**lineage, **metrics})
     registry.set_alias(spec.name, CHALLENGER, version)
     tracker.end_run()
     return version, metrics
+
+
+def _log_reference(tracker, training_set: pd.DataFrame, spec: PipelineSpec) -> None:
+    """Keep the holdout rows as the drift reference: the most recent data the model was judged on.
+
+    A whole year of training rows would make every 7-day window look drifted through seasonality
+    alone; the holdout is the same season and the same entities as the days that follow it.
+    """
+    recent = training.holdout(training_set)
+    sample = recent[[spec.timestamp, spec.target, *spec.feature_columns]]
+    sample = sample.sample(n=min(len(sample), REFERENCE_ROWS), random_state=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
+        sample.reset_index(drop=True).to_parquet(path, index=False)
+        tracker.log_artifact(str(path), artifact_path=str(Path(REFERENCE_ARTIFACT).parent))
 
 
 def _holdout_errors(rows, spec, registry, trusted, has_champion: bool) -> dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ import dagster as dg
 
 from ml_platform.specs import PipelineSpec
 
-INGEST_STAGES = ("raw", "validated", "quarantine", "features", "predictions")
+INGEST_STAGES = ("raw", "validated", "quarantine", "features", "predictions", "drift_report")
 TRAINING_STAGES = ("training_set", "challenger", "promotion")
 
 

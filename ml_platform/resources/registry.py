@@ -22,6 +22,7 @@ CHALLENGER = "challenger"
 CANARY = "canary"
 PREVIOUS = "previous"
 FINGERPRINT_TAG = "ml_platform.fingerprint"
+REFERENCE_ARTIFACT = "drift_reference/reference.parquet"
 
 
 class ModelRegistry(dg.ConfigurableResource):
@@ -80,6 +81,23 @@ class ModelRegistry(dg.ConfigurableResource):
         for key, value in tags.items():
             client.set_model_version_tag(name, str(version), key, str(value)[:5000])
 
+    def load_reference(self, name: str, version: ModelVersion) -> Any:
+        """The sample of training features logged with a version, used as the drift reference."""
+        import mlflow.artifacts
+        import pandas as pd
+
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=version.run_id,
+                artifact_path=REFERENCE_ARTIFACT,
+                tracking_uri=self.tracking_uri,
+            )
+        except (MlflowException, OSError) as exc:
+            raise LookupError(
+                f"{name} v{version.version} has no drift reference ({REFERENCE_ARTIFACT}): {exc}"
+            ) from exc
+        return pd.read_parquet(local)
+
     def load_model(
         self, name: str, alias: str, trusted_types: list[str]
     ) -> tuple[Any, ModelVersion]:
@@ -90,10 +108,10 @@ class ModelRegistry(dg.ConfigurableResource):
         version = self.alias_version(name, alias)
         if version is None:
             raise LookupError(f"registered model {name!r} has no {alias!r} alias yet")
+        # Resolve through our own client: a `models:/` URI would use MLflow's global registry URI.
+        source = self.client().get_model_version_download_uri(name, version.version)
         local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{version.version}", tracking_uri=self.tracking_uri
-            )
+            mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=self.tracking_uri)
         )
         flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"].get("sklearn", {})
         if flavor.get("serialization_format") != "skops":

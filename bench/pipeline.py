@@ -1,0 +1,902 @@
+"""Benchmark: the whole graph under Dagster against the same core functions in a plain script.
+
+    python bench/pipeline.py [--stores 1000] [--days 730] [--quick] [--profile]
+
+It reports, with every figure a ratio against a baseline measured in the same run:
+
+1. the whole graph under Dagster (the demo's three runs: the ingest job over the full range as one
+   single-run backfill, the training job, predictions over the range) against a plain script that
+   calls the same `core` functions on the same files and writes the same parquet files;
+2. one new day's ingest run (after the full backfill) against the full ingest backfill;
+3. one new day with the long history against one new day with a short history;
+4. the peak RSS of the process that runs the Dagster graph.
+
+Each configuration runs in its own interpreter and its own temp project root (params.yaml,
+DAGSTER_HOME, ML_PLATFORM_ROOT and cwd of its own), so imports, caches and memory belong to it
+alone. Landing files are generated once and hard-linked into every root. Each new-day run is a
+fresh process (as a run launched by the daemon would be), alternating between the two histories
+so that a change in machine load hits both alike.
+
+MLflow is included on both sides: the plain script logs the run, registers the model with skops
+and sets the aliases through the same `ModelRegistry` and `OnlineStore` classes, used as plain
+objects. What the plain script does not do is exactly what orchestration adds: the event log,
+per-partition metadata, data-version provenance, hand-off through the IO manager (the Dagster
+graph reads back what the previous asset wrote) and reloading models from the registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {"graph_ratio": 1.3, "new_day_share": 0.05, "history_ratio": 1.2, "peak_rss_gb": 1.0}
+QUICK = {"stores": 100, "days": 120, "short_history": 60}
+ENV_PREFIXES = ("DAGSTER_EMIT", "DAGSTER_EVENT", "ML_PLATFORM_", "PYTHONPATH", "MLFLOW_")
+GB = 1024**3
+MB = 1024**2
+
+
+# ── shared helpers ──────────────────────────────────────────────────────────────────────────────
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def load_average() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def load_pipeline_spec(name: str, root: Path = REPO_ROOT):
+    from ml_platform.specs import SPEC_DIR, load_spec
+
+    return load_spec(SPEC_DIR / f"{name}.yaml", root)
+
+
+def create_mlflow_store(tracking_uri: str) -> None:
+    """Create the MLflow database (first-time migrations take seconds) before timing starts.
+
+    A one-off setup cost, kept out of both sides; DESIGN.md asks for it to be created up front.
+    """
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+
+
+def make_platform_root(path: Path) -> Path:
+    """A project root with its own params.yaml (as `ml_platform_tests.conftest` makes them)."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_ROOT / "params.yaml", path / "params.yaml")
+    return path
+
+
+def link_landing(source: Path, target: Path, days: list[date]) -> None:
+    """Hard-link (copy across file systems) landing files: raw files are never modified."""
+    target.mkdir(parents=True, exist_ok=True)
+    for day in days:
+        name = f"{day.isoformat()}.csv"
+        try:
+            os.link(source / name, target / name)
+        except OSError:
+            shutil.copy2(source / name, target / name)
+
+
+def day_range(first: date, count: int) -> list[date]:
+    return [first + timedelta(days=i) for i in range(count)]
+
+
+class PeakRss:
+    """Peak RSS per stage: VmHWM, reset between stages through /proc/self/clear_refs."""
+
+    def __init__(self) -> None:
+        self.overall = self._hwm()
+        self.resettable = self._reset()
+
+    @staticmethod
+    def _hwm() -> int:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    @staticmethod
+    def _reset() -> bool:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            return True
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        self.overall = max(self.overall, self._hwm())
+        self._reset()
+
+    def stage_peak(self) -> int:
+        peak = self._hwm()
+        self.overall = max(self.overall, peak)
+        return peak
+
+
+def current_rss() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+class Heartbeat:
+    """Progress for long runs: elapsed time, RSS and data files written so far, every `every` s."""
+
+    def __init__(self, label: str, data_dir: Path, every: float = 20.0) -> None:
+        self.label, self.data_dir, self.every = label, data_dir, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _counts(self) -> str:
+        if not self.data_dir.is_dir():
+            return ""
+        parts = []
+        for stage in sorted(p for p in self.data_dir.iterdir() if p.is_dir()):
+            parts.append(f"{stage.name} {sum(1 for _ in stage.glob('*.parquet'))}")
+        return ", files: " + ", ".join(parts) if parts else ""
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            elapsed = time.monotonic() - self._started
+            log(
+                f"      … {self.label}: {elapsed:.0f}s, RSS {current_rss() / MB:,.0f} MB"
+                f"{self._counts()}"
+            )
+
+
+# ── child: the plain-script baseline ───────────────────────────────────────────────────────────
+
+
+def plain_child(cfg: dict) -> dict:
+    """The same core functions, wired by hand, with the same parquet writes and side effects."""
+    import pandas as pd
+
+    from ml_platform.core.contracts import read_landing_file, validate_batch
+    from ml_platform.core.features import build_features, split_by_day
+    from ml_platform.core.storage import atomic_write, encode_frame, md5_file
+    from ml_platform.resources.online_store import OnlineStore
+    from ml_platform.resources.registry import ModelRegistry
+
+    root = Path(cfg["root"])
+    spec = load_pipeline_spec(cfg["pipeline"], root)
+    days = day_range(date.fromisoformat(cfg["first_day"]), cfg["days"])
+    landing, data = root / spec.landing.directory, root / "data" / spec.name
+    online = OnlineStore(path=str(root / ".ml_platform" / "online_store.sqlite"))
+    registry = ModelRegistry(
+        tracking_uri=f"sqlite:///{root / '.ml_platform' / 'mlflow.db'}",
+        artifact_root=str(root / ".ml_platform" / "mlartifacts"),
+    )
+    create_mlflow_store(registry.tracking_uri)
+    peak, stages = PeakRss(), {}
+
+    def write(stage: str, key: str, frame: pd.DataFrame) -> None:
+        atomic_write(data / stage / f"{key}.parquet", encode_frame(frame).payload)
+
+    def ingest_day(day: date) -> pd.DataFrame:
+        key, path = day.isoformat(), landing / f"{day.isoformat()}.csv"
+        raw = read_landing_file(path)
+        md5_file(path)
+        write("raw", key, raw)
+        result = validate_batch(raw, spec.contract, day)
+        write("validated", key, result.valid)
+        write("quarantine", key, result.quarantine)
+        return result.valid
+
+    def write_features(frame: pd.DataFrame, feature_days: list[date]) -> None:
+        by_day, empty = split_by_day(frame, spec.timestamp), frame.iloc[0:0]
+        for d in feature_days:
+            write("features", d.isoformat(), by_day.get(d.isoformat(), empty))
+        online.write_latest(spec, frame)
+
+    def write_predictions(model, version: str, frame: pd.DataFrame, pred_days: list[date]) -> None:
+        out = prediction_frame(model, frame, spec, version)
+        by_day, empty = split_by_day(out, spec.timestamp), out.iloc[0:0]
+        for d in pred_days:
+            write("predictions", d.isoformat(), by_day.get(d.isoformat(), empty))
+
+    def timed(name: str):
+        return _Stage(name, stages, peak, data)
+
+    with timed("ingest"):
+        valid = []
+        for i, day in enumerate(days, 1):
+            valid.append(ingest_day(day))
+            if i % max(1, len(days) // 5) == 0:
+                log(f"      plain ingest: {i}/{len(days)} partitions")
+        features = build_features(pd.concat(valid, ignore_index=True), spec, days)
+        del valid
+        write_features(features, days)
+    with timed("training"):
+        model, version = plain_training(spec, features, registry, root)
+    with timed("predictions"):
+        write_predictions(model, version, features, days)
+    del features
+
+    new_days = []
+    for key in cfg.get("new_days", []):
+        day = date.fromisoformat(key)
+        link_landing(Path(cfg["landing_source"]), landing, [day])
+        started = time.perf_counter()
+        today = ingest_day(day)
+        history = [
+            pd.read_parquet(data / "validated" / f"{d.isoformat()}.parquet")
+            for d in day_range(day - timedelta(days=spec.lookback_days), spec.lookback_days)
+        ]
+        frame = build_features(pd.concat([*history, today], ignore_index=True), spec, [day])
+        write_features(frame, [day])
+        champion, champion_version = registry.load_model(
+            spec.name, "champion", spec.model.skops_trusted_types
+        )
+        write_predictions(champion, champion_version.version, frame, [day])
+        new_days.append({"day": key, "seconds": time.perf_counter() - started})
+        log(f"      plain new day {key}: {new_days[-1]['seconds']:.2f}s")
+    return {"stages": stages, "new_days": new_days, "peak_rss": peak.overall}
+
+
+def prediction_frame(model, features, spec, version: str):
+    """The predictions asset's frame, built from the same core `predict`."""
+    import pandas as pd
+
+    from ml_platform.core import training
+
+    out = features[[*spec.entity_keys, spec.timestamp]].copy()
+    out["prediction_for"] = out[spec.timestamp] + pd.Timedelta(days=spec.horizon_days)
+    out["prediction"] = training.predict(model, features, spec) if len(features) else []
+    out["model_version"] = int(version)
+    return out
+
+
+def plain_training(spec, features, registry, root: Path):
+    """training_set → fit/evaluate → MLflow run + registered version → significance gate."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from ml_platform.core import training
+    from ml_platform.core.promotion import decide
+    from ml_platform.core.storage import atomic_write, encode_frame
+
+    frame = training.build_training_set(features, spec)
+    encoded = encode_frame(frame)
+    atomic_write(root / "data" / spec.name / "training_set.parquet", encoded.payload)
+    model = training.fit(frame, spec)
+    rows = training.holdout(frame)
+    metrics = training.evaluate(model, rows, spec).as_metrics()
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    experiment_id = registry.ensure_experiment(spec.name)
+    lineage = {"training_set_md5": encoded.md5, "spec_hash": spec.fingerprint()}
+    with mlflow.start_run(experiment_id=experiment_id):
+        mlflow.log_params({"estimator": spec.model.estimator, **spec.model.params})
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags(lineage)
+        registry.ensure_model(spec.name, spec.description)
+        example = frame[spec.feature_columns].head(5)
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            serialization_format="skops",
+            skops_trusted_types=spec.model.skops_trusted_types,
+            signature=infer_signature(example, model.predict(example)),
+            input_example=example,
+            registered_model_name=spec.name,
+        )
+    version = str(info.registered_model_version)
+    registry.tag_version(spec.name, version, {**lineage, **metrics})
+    registry.set_alias(spec.name, "challenger", version)
+    actual = rows[training.LABEL].to_numpy(dtype="float64")
+    decision = decide(
+        actual - training.predict(model, rows, spec),
+        actual - rows[spec.baseline_column].to_numpy(dtype="float64"),
+        None,
+        spec.promotion.alpha,
+        spec.promotion.min_relative_improvement,
+        spec.promotion.test,
+    )
+    registry.tag_version(spec.name, version, decision.as_tags())
+    if decision.promote:
+        registry.set_alias(spec.name, "champion", version)
+    log(f"      plain promotion: {decision.reason}")
+    return model, version
+
+
+class _Stage:
+    """Times one stage and records its peak RSS into `stages`."""
+
+    def __init__(self, name: str, stages: dict, peak: PeakRss, data_dir: Path) -> None:
+        self.name, self.stages, self.peak = name, stages, peak
+        self.heartbeat = Heartbeat(name, data_dir)
+
+    def __enter__(self) -> _Stage:
+        self.peak.start()
+        self.heartbeat.__enter__()
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        seconds = time.perf_counter() - self.started
+        self.heartbeat.__exit__()
+        rss = self.peak.stage_peak()
+        self.stages[self.name] = {"seconds": seconds, "peak_rss": rss}
+        log(f"      {self.name}: {seconds:.1f}s, peak RSS {rss / MB:,.0f} MB")
+
+
+# ── child: the graph under Dagster ─────────────────────────────────────────────────────────────
+
+
+def dagster_child(cfg: dict) -> dict:
+    """The demo's three runs (or one new day's ingest run) against a persistent instance."""
+    peak = PeakRss()
+    started = time.perf_counter()
+    import dagster as dg
+
+    from ml_platform.automation.jobs import ingest_job_name, training_job_name
+    from ml_platform.definitions import build_definitions, mlflow_uri
+    from ml_platform.demo import QUIET, RANGE_END, RANGE_START
+    from ml_platform.instance import ensure_dagster_home
+
+    root = Path(cfg["root"])
+    ensure_dagster_home(root)
+    defs = build_definitions(root)
+    spec = load_pipeline_spec(cfg["pipeline"], root)
+    instance = dg.DagsterInstance.get()
+    ingest = defs.resolve_job_def(ingest_job_name(spec))
+    training = defs.resolve_job_def(training_job_name(spec))
+    if cfg["mode"] == "dagster":
+        create_mlflow_store(mlflow_uri(root))
+    setup_seconds = time.perf_counter() - started
+    setup_rss = peak.stage_peak()
+    if cfg["mode"] == "dagster":
+        first = date.fromisoformat(cfg["first_day"])
+        last = (first + timedelta(days=cfg["days"] - 1)).isoformat()
+        range_tags = {RANGE_START: first.isoformat(), RANGE_END: last}
+        predictions = [dg.AssetKey([spec.name, "predictions"])]
+        runs = [
+            ("ingest", ingest, {"tags": range_tags}),
+            ("training", training, {}),
+            ("predictions", ingest, {"tags": range_tags, "asset_selection": predictions}),
+        ]
+    else:
+        runs = [("new_day", ingest, {"partition_key": cfg["new_day"]})]
+    stages = {}
+    data_dir = root / "data" / spec.name
+    for name, job, kwargs in runs:
+        profiler = _profiler(cfg)
+        peak.start()
+        with Heartbeat(name, data_dir):
+            t0 = time.perf_counter()
+            if profiler:
+                profiler.enable()
+            result = job.execute_in_process(
+                run_config=QUIET, instance=instance, raise_on_error=False, **kwargs
+            )
+            if profiler:
+                profiler.disable()
+            seconds = time.perf_counter() - t0
+        stage = {
+            "seconds": seconds,
+            "peak_rss": peak.stage_peak(),
+            "success": result.success,
+            "events": len(instance.all_logs(result.run_id)),
+            "materialized": sorted(
+                {"/".join(e.asset_key.path[1:]) for e in result.get_asset_materialization_events()}
+            ),
+        }
+        if profiler:
+            stage["profile"] = str(Path(cfg["profile_dir"]) / f"{cfg['label']}_{name}.prof")
+            profiler.dump_stats(stage["profile"])
+        stages[name] = stage
+        log(
+            f"      {name}: {'ok' if result.success else 'FAILED'} in {seconds:.1f}s, "
+            f"{stage['events']} events, peak RSS {stage['peak_rss'] / MB:,.0f} MB"
+        )
+        if not result.success:
+            for event in result.all_events:
+                if event.is_step_failure and event.step_failure_data:
+                    log(f"      {event.step_key}: {event.step_failure_data.error.message[:500]}")
+            break
+    return {
+        "new_day": cfg.get("new_day"),
+        "stages": stages,
+        "setup_seconds": setup_seconds,
+        "setup_rss": setup_rss,
+        "peak_rss": peak.overall,
+    }
+
+
+def _profiler(cfg: dict):
+    if not cfg.get("profile_dir"):
+        return None
+    import cProfile
+
+    return cProfile.Profile()
+
+
+def run_child_from_file(path: Path) -> int:
+    cfg = json.loads(path.read_text())
+    result = plain_child(cfg) if cfg["mode"] == "plain" else dagster_child(cfg)
+    result["load_average_end"] = os.getloadavg()
+    Path(cfg["result"]).write_text(json.dumps(result))
+    return 0
+
+
+# ── parent: orchestrate the children and report ────────────────────────────────────────────────
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args, self.workdir = args, workdir
+        self.spec = load_pipeline_spec(args.pipeline)
+        self.landing = workdir / "landing"
+        self.first = self.spec.landing.start_date
+        self.history = day_range(self.first, args.days)
+        self.new_days = day_range(self.first + timedelta(days=args.days), args.new_days)
+        self.short_history = self.history[-args.short_history :]
+        self.failures: list[str] = []
+
+    def generate(self) -> None:
+        from ml_platform.core.datagen import GeneratorConfig, write_landing_files
+
+        total = self.args.days + self.args.new_days
+        log(f"generating {self.args.stores} stores × {total} days of landing files once")
+        started = time.monotonic()
+
+        def progress(done: int, count: int) -> None:
+            if done == count or done % max(1, count // 5) == 0:
+                log(f"  generate: {done}/{count} days ({time.monotonic() - started:.0f}s)")
+
+        config = GeneratorConfig(
+            stores=self.args.stores,
+            days=total,
+            start=self.first,
+            holidays=tuple(self.spec.features.holidays),
+        )
+        write_landing_files(config, self.landing, progress=progress)
+
+    def root(self, label: str, days: list[date]) -> Path:
+        root = make_platform_root(self.workdir / label)
+        link_landing(self.landing, root / self.spec.landing.directory, days)
+        return root
+
+    def child(self, label: str, root: Path, **cfg: object) -> dict | None:
+        """Run one configuration in a fresh interpreter; its Dagster logs go to a file."""
+        result_path = self.workdir / f"{label}.json"
+        cfg = {
+            "label": label,
+            "root": str(root),
+            "pipeline": self.spec.name,
+            "result": str(result_path),
+            "landing_source": str(self.landing),
+            **cfg,
+        }
+        cfg_path = self.workdir / f"{label}.config.json"
+        cfg_path.write_text(json.dumps(cfg))
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(root / ".ml_platform" / "dagster_home"),
+            "ML_PLATFORM_ROOT": str(root),
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.pop("MLFLOW_TRACKING_URI", None)
+        log_path = self.workdir / f"{label}.log"
+        started = time.perf_counter()
+        with log_path.open("w") as stderr:
+            code = subprocess.call(
+                [sys.executable, str(Path(__file__).resolve()), "--child", str(cfg_path)],
+                cwd=root,
+                env=env,
+                stderr=stderr,
+            )
+        wall = time.perf_counter() - started
+        if code != 0 or not result_path.exists():
+            tail = log_path.read_text().splitlines()[-25:]
+            self.failures.append(f"{label}: exit code {code} (log {log_path})")
+            log(f"  {label} FAILED (exit {code}); last lines of {log_path}:")
+            for line in tail:
+                log(f"    {line}")
+            return None
+        result = json.loads(result_path.read_text())
+        result["process_seconds"] = wall
+        failed = [k for k, s in result.get("stages", {}).items() if s.get("success") is False]
+        if failed:
+            self.failures.append(f"{label}: run failed in {failed} (log {log_path})")
+        return result
+
+    def run(self) -> dict:
+        args = self.args
+        self.generate()
+        n_long, n_short = len(self.history), len(self.short_history)
+        keys = [d.isoformat() for d in self.new_days]
+        out: dict = {}
+        log(f"\n[1/4] plain script: {n_long} days, training, predictions, {len(keys)} new days")
+        out["plain"] = self.child(
+            "plain",
+            self.root("plain", self.history),
+            mode="plain",
+            first_day=self.first.isoformat(),
+            days=n_long,
+            new_days=keys,
+        )
+        log(f"\n[2/4] Dagster, {n_long} days: ingest backfill (one run), training, predictions")
+        long_root = self.root("dagster_long", self.history)
+        out["dagster_long"] = self.child(
+            "dagster_long", long_root, mode="dagster", first_day=self.first.isoformat(), days=n_long
+        )
+        log(f"\n[3/4] Dagster, {n_short} days of history: the same three runs")
+        short_root = self.root("dagster_short", self.short_history)
+        out["dagster_short"] = self.child(
+            "dagster_short",
+            short_root,
+            mode="dagster",
+            first_day=self.short_history[0].isoformat(),
+            days=n_short,
+        )
+        log(f"\n[4/4] new days, one fresh process per run, alternating {n_long}/{n_short} history")
+        out["new_long"], out["new_short"] = [], []
+        for day in self.new_days:
+            for label, root, bucket in (
+                ("long", long_root, out["new_long"]),
+                ("short", short_root, out["new_short"]),
+            ):
+                link_landing(self.landing, root / self.spec.landing.directory, [day])
+                result = self.child(
+                    f"new_{label}_{day.isoformat()}", root, mode="new_day", new_day=day.isoformat()
+                )
+                if result:
+                    stage = result["stages"]["new_day"]
+                    bucket.append(result)
+                    log(
+                        f"  {day} with {label} history: run {stage['seconds']:.2f}s, process "
+                        f"{result['process_seconds']:.1f}s; load {load_average()}"
+                    )
+        if args.profile:
+            log(f"\n[profile] Dagster, {n_long} days, under cProfile (timings not used above)")
+            profile_root = self.root("dagster_profile", self.history)
+            out["profile"] = self.child(
+                "dagster_profile",
+                profile_root,
+                mode="dagster",
+                first_day=self.first.isoformat(),
+                days=n_long,
+                profile_dir=str(self.workdir),
+            )
+            link_landing(self.landing, profile_root / self.spec.landing.directory, self.new_days)
+            out["profile_new_day"] = self.child(
+                "profile_new_day",
+                profile_root,
+                mode="new_day",
+                new_day=self.new_days[0].isoformat(),
+                profile_dir=str(self.workdir),
+            )
+        return out
+
+
+def seconds_of(result: dict | None, stage: str) -> float | None:
+    if not result or stage not in result["stages"]:
+        return None
+    return result["stages"][stage]["seconds"]
+
+
+def fmt(value: float | None, spec: str = ".1f", unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{unit}"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def report(bench: Bench, out: dict) -> list[tuple[str, str, str, bool | None]]:
+    args, plain, long_ = bench.args, out.get("plain"), out.get("dagster_long")
+    n_long, n_short = len(bench.history), len(bench.short_history)
+    log("\n" + "=" * 96)
+    log(f"Results: {args.stores} stores × {n_long} days ({args.stores * n_long:,} rows)")
+    log("=" * 96)
+    log(f"{'stage':<50}{'Dagster s':>12}{'plain s':>12}{'ratio':>10}{'Dagster peak':>16}")
+    stage_names = {
+        "ingest": f"ingest backfill, {n_long} partitions, one run",
+        "training": "training (training_set → challenger → promotion)",
+        "predictions": f"predictions, {n_long} partitions, one run",
+    }
+    total_d = total_p = 0.0
+    for stage, label in stage_names.items():
+        d, p = seconds_of(long_, stage), seconds_of(plain, stage)
+        total_d += d or 0.0
+        total_p += p or 0.0
+        rss = (
+            long_["stages"][stage]["peak_rss"] / MB if long_ and stage in long_["stages"] else None
+        )
+        log(
+            f"{label:<50}{fmt(d):>12}{fmt(p):>12}{fmt(ratio(d, p), '.2f'):>10}"
+            f"{fmt(rss, ',.0f', ' MB'):>16}"
+        )
+    complete = all(seconds_of(r, s) for r in (long_, plain) for s in stage_names)
+    graph_ratio = total_d / total_p if complete and total_p else None
+    log(
+        f"{'whole graph':<50}{fmt(total_d if complete else None):>12}"
+        f"{fmt(total_p if complete else None):>12}{fmt(graph_ratio, '.2f'):>10}"
+    )
+    if long_:
+        events = {k: s["events"] for k, s in long_["stages"].items()}
+        log(
+            "  not in the figures: Dagster process start-up (import, build_definitions, "
+            f"instance) {long_['setup_seconds']:.1f}s,\n  RSS after it "
+            f"{long_['setup_rss'] / MB:,.0f} MB; a daemon-launched run pays this every time"
+        )
+        log(f"  event-log entries per run: {events}")
+    if plain:
+        log(f"  plain process peak RSS {plain['peak_rss'] / MB:,.0f} MB")
+
+    log(
+        f"\n{'new day (ingest job, one partition)':<50}{'run s':>12}{'process s':>12}"
+        f"{'events':>10}  materialised"
+    )
+    for runs, history in ((out.get("new_long", []), n_long), (out.get("new_short", []), n_short)):
+        for r in runs:
+            s = r["stages"]["new_day"]
+            log(
+                f"{f'  {history} days of history':<50}{s['seconds']:>12.2f}"
+                f"{r['process_seconds']:>12.1f}{s['events']:>10}  {','.join(s['materialized'])}"
+                f"{'' if s['success'] else ' FAILED'} ({r['new_day']})"
+            )
+    if plain and plain.get("new_days"):
+        plain_days = [r["seconds"] for r in plain["new_days"]]
+        log(f"{'  plain script, same work (median)':<50}{statistics.median(plain_days):>12.2f}")
+
+    def median_run(runs: list[dict]) -> float | None:
+        ok = [r["stages"]["new_day"]["seconds"] for r in runs if r["stages"]["new_day"]["success"]]
+        return statistics.median(ok) if ok else None
+
+    def median_process(runs: list[dict]) -> float | None:
+        return statistics.median([r["process_seconds"] for r in runs]) if runs else None
+
+    new_long, new_short = median_run(out.get("new_long", [])), median_run(out.get("new_short", []))
+    backfill = seconds_of(long_, "ingest")
+    share = ratio(new_long, backfill)
+    history_ratio = ratio(new_long, new_short)
+    cold_share = ratio(median_process(out.get("new_long", [])), backfill)
+    cold_history = ratio(
+        median_process(out.get("new_long", [])), median_process(out.get("new_short", []))
+    )
+    log(
+        f"  median run: {fmt(new_long, '.2f')}s ({n_long} days) vs {fmt(new_short, '.2f')}s "
+        f"({n_short} days); as a fresh process (import + definitions + run): "
+        f"{fmt(cold_share, '.1%')} of the backfill, history ratio {fmt(cold_history, '.2f')}"
+    )
+    peak = long_["peak_rss"] if long_ else None
+    new_peak = max((r["peak_rss"] for r in out.get("new_long", [])), default=None)
+    log(
+        f"\npeak RSS of the Dagster graph process: {fmt(peak and peak / GB, '.2f', ' GB')}; "
+        f"of a new-day run process: {fmt(new_peak and new_peak / GB, '.2f', ' GB')}"
+    )
+    short = out.get("dagster_short")
+    if short:
+        log(
+            f"({n_short}-day platform: ingest {fmt(seconds_of(short, 'ingest'))}s, training "
+            f"{fmt(seconds_of(short, 'training'))}s, predictions "
+            f"{fmt(seconds_of(short, 'predictions'))}s)"
+        )
+
+    def met(value: float | None, limit: float) -> bool | None:
+        return None if value is None else value <= limit
+
+    return [
+        (
+            "1 whole graph, Dagster / plain script",
+            f"≤ {TARGETS['graph_ratio']}",
+            fmt(graph_ratio, ".2f"),
+            met(graph_ratio, TARGETS["graph_ratio"]),
+        ),
+        (
+            "2 one new day / full ingest backfill",
+            f"≤ {TARGETS['new_day_share']:.0%}",
+            fmt(share, ".2%"),
+            met(share, TARGETS["new_day_share"]),
+        ),
+        (
+            f"3 new day, {n_long} / {n_short} days of history",
+            f"≤ {TARGETS['history_ratio']}",
+            fmt(history_ratio, ".2f"),
+            met(history_ratio, TARGETS["history_ratio"]),
+        ),
+        (
+            "4 peak RSS, Dagster graph process",
+            f"≤ {TARGETS['peak_rss_gb']:.1f} GB",
+            fmt(peak and peak / GB, ".2f", " GB"),
+            met(peak and peak / GB, TARGETS["peak_rss_gb"]),
+        ),
+    ]
+
+
+# ── profile summary ────────────────────────────────────────────────────────────────────────────
+
+# Self time grouped by where the code lives (first match wins).
+BUCKETS = (
+    ("SQLite (event log, run storage)", ("sqlite3", "sqlalchemy")),
+    ("Dagster storage and events", ("dagster/_core/storage", "dagster/_core/events")),
+    ("Dagster instance", ("dagster/_core/instance",)),
+    ("Dagster execution, context, serdes", ("dagster/", "dagster_shared/")),
+    ("pandera", ("pandera",)),
+    ("parquet (pyarrow)", ("pyarrow",)),
+    ("markdown metadata (tabulate)", ("tabulate",)),
+    ("pandas", ("pandas",)),
+    ("numpy", ("numpy",)),
+    ("sklearn / scipy", ("sklearn", "scipy")),
+    ("MLflow / skops", ("mlflow", "skops")),
+    ("ml_platform", ("ml_platform",)),
+    ("file I/O, fsync", ("posix", "io.", "_io")),
+)
+
+# Cumulative time of the places where the work enters (function name, file fragment).
+ENTRY_POINTS = (
+    ("raw asset body", "raw", "assets/ingest.py"),
+    ("validated asset body", "validated", "assets/ingest.py"),
+    ("  validate_batch (pandera contract)", "validate_batch", "core/contracts.py"),
+    ("features asset body", "features", "assets/ingest.py"),
+    ("  build_features", "build_features", "core/features.py"),
+    ("  online store write_latest", "write_latest", "online_store.py"),
+    ("predictions asset body", "predictions", "assets/modeling.py"),
+    ("encode_frame (parquet + md5)", "encode_frame", "core/storage.py"),
+    ("atomic_write (incl. fsync)", "atomic_write", "core/storage.py"),
+    ("IO manager handle_output", "handle_output", "io_manager.py"),
+    ("IO manager load_input", "load_input", "io_manager.py"),
+    ("partitioned_output (metadata)", "partitioned_output", "assets/results.py"),
+    ("  markdown_table (tabulate)", "markdown_table", "assets/results.py"),
+    ("  column_schema", "column_schema", "assets/results.py"),
+    ("add_asset_metadata", "add_asset_metadata", "dagster/_core/execution/context"),
+    ("event log store_event", "store_event", "dagster/_core/storage"),
+    ("data-version provenance", "_get_input_asset_version_info", "dagster/_core"),
+    ("input data versions (step)", "_store_output_asset_observation", "dagster/_core"),
+)
+
+
+def summarise_profile(path: str, label: str, wall: float, top: int) -> None:
+    import pstats
+
+    stats = pstats.Stats(path).stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in stats.values())
+    buckets: dict[str, float] = {}
+    for (filename, _line, name), (_cc, _nc, tottime, _ct, _callers) in stats.items():
+        where = f"{filename}:{name}"
+        bucket = next((b for b, needles in BUCKETS if any(n in where for n in needles)), "other")
+        buckets[bucket] = buckets.get(bucket, 0.0) + tottime
+    log(f"\nprofile of {label} ({wall:.1f}s under cProfile, {path})")
+    log(f"  {'self time by library':<48}{'s':>9}{'share':>8}")
+    for bucket, seconds in sorted(buckets.items(), key=lambda kv: -kv[1]):
+        log(f"  {bucket:<48}{seconds:>9.1f}{seconds / total:>8.1%}")
+    log(f"  {'cumulative time at entry points':<48}{'s':>9}{'share':>8}{'calls':>9}")
+    for title, func, fragment in ENTRY_POINTS:
+        found = [
+            (ct, nc)
+            for (filename, _line, name), (_cc, nc, _tt, ct, _callers) in stats.items()
+            if name == func and fragment in filename.replace(os.sep, "/")
+        ]
+        if found:
+            ct, nc = max(found)
+            log(f"  {title:<48}{ct:>9.1f}{ct / total:>8.1%}{nc:>9}")
+    log(f"  {'top functions by self time':<48}{'s':>9}{'share':>8}{'calls':>9}")
+    ranked = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    for (filename, line, name), (_cc, nc, tottime, _ct, _callers) in ranked:
+        where = f"{_short(filename)}:{line}({name})"
+        log(f"  {where[-48:]:<48}{tottime:>9.1f}{tottime / total:>8.1%}{nc:>9}")
+
+
+def _short(filename: str) -> str:
+    for marker in ("site-packages/", "ml_platform/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
+
+
+# ── entry point ────────────────────────────────────────────────────────────────────────────────
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stores", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=730, help="history for the full backfill")
+    parser.add_argument("--short-history", type=int, default=90, help="days, for figure 3")
+    parser.add_argument("--new-days", type=int, default=3, help="new-day runs per history")
+    parser.add_argument("--quick", action="store_true", help="100 stores × 120 days smoke run")
+    parser.add_argument("--profile", action="store_true", help="add a cProfile'd Dagster run")
+    parser.add_argument("--top", type=int, default=25, help="functions listed per profile")
+    parser.add_argument("--pipeline", default="sales_forecast")
+    parser.add_argument("--workdir", type=Path, help="where temp roots go (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp roots afterwards")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.stores, args.days, args.short_history = (
+            QUICK["stores"],
+            QUICK["days"],
+            QUICK["short_history"],
+        )
+    if not 45 <= args.short_history < args.days:
+        parser.error("--short-history must be at least 45 days and shorter than --days")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return run_child_from_file(args.child)
+    from importlib.metadata import version
+
+    base = args.workdir.resolve() if args.workdir else None
+    if base:
+        base.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="ml_platform_bench_", dir=base))
+    log("ml_platform pipeline benchmark")
+    log(
+        f"  size: {args.stores} stores × {args.days} days; short history {args.short_history} "
+        f"days; {args.new_days} new-day runs per history"
+    )
+    log(
+        f"  machine: {os.cpu_count()} cores, {platform.machine()}, load average "
+        f"{load_average()} (1/5/15 min); Python {platform.python_version()}, "
+        f"dagster {version('dagster')}"
+    )
+    log("  MLflow logging and registration are included on both sides; the MLflow DB is created")
+    log("  before timing on both. Run 3 selects `predictions` only (no drift step in the plain")
+    log("  script); the backfill and new-day runs are the ingest job as it is defined.")
+    tuned = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
+    if tuned:
+        log(f"  environment passed to the runs: {tuned}")
+    log(f"  work dir: {workdir}")
+    started = time.monotonic()
+    bench = Bench(args, workdir)
+    try:
+        out = bench.run()
+        summary = report(bench, out)
+        for key, label in (("profile", "the Dagster graph"), ("profile_new_day", "one new day")):
+            result = out.get(key)
+            for stage, s in ((result or {}).get("stages") or {}).items():
+                summarise_profile(s["profile"], f"{label}: {stage}", s["seconds"], args.top)
+    finally:
+        if not (args.keep or args.profile):
+            shutil.rmtree(workdir, ignore_errors=True)
+    log("\nSummary" + f" (load average now {load_average()}, {time.monotonic() - started:.0f}s)")
+    log(f"  {'figure':<46}{'target':>10}{'measured':>12}  verdict")
+    for figure, target, measured, ok in summary:
+        verdict = "not measured" if ok is None else ("met" if ok else "NOT MET")
+        log(f"  {figure:<46}{target:>10}{measured:>12}  {verdict}")
+    for failure in bench.failures:
+        log(f"  failure: {failure}")
+    if args.keep or args.profile:
+        log(f"  roots, logs and profiles kept in {workdir}")
+    if bench.failures:
+        return 1
+    return 1 if args.strict and not all(ok for *_, ok in summary) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

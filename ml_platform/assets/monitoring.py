@@ -1,0 +1,159 @@
+"""The daily drift report: data drift against the champion's training reference, plus concept
+drift (champion error on newly labelled days against its holdout error)."""
+
+import base64
+import dataclasses
+from collections.abc import Iterator
+from datetime import date, timedelta
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from ml_platform.assets.ingest import asset_key
+from ml_platform.assets.results import partition_dates, partitioned_output
+from ml_platform.core import training
+from ml_platform.core.drift import DriftThresholds, compute_drift, concept_drift, plot_top_drifted
+from ml_platform.core.storage import atomic_write, encode_frame
+from ml_platform.resources.platform import PlatformPaths
+from ml_platform.resources.registry import CHAMPION, ModelRegistry
+from ml_platform.specs import PipelineSpec
+
+DRIFT_CHECK = "no_dataset_drift"
+
+
+def drift_columns(spec: PipelineSpec) -> dict[str, str]:
+    """Numeric model inputs plus the target; calendar columns drift by construction, so not them."""
+    calendar = set(spec.features.calendar)
+    return {c: "numeric" for c in [spec.target, *spec.feature_columns] if c not in calendar}
+
+
+def build_monitoring_assets(
+    spec: PipelineSpec, partitions: dg.PartitionsDefinition
+) -> list[dg.AssetsDefinition]:
+    key = asset_key(spec, "drift_report")
+    mapping = dg.TimeWindowPartitionMapping(
+        start_offset=-spec.drift.window_days, allow_nonexistent_upstream_partitions=True
+    )
+    thresholds = DriftThresholds(
+        psi=spec.drift.psi_threshold,
+        wasserstein=spec.drift.wasserstein_threshold,
+        js=spec.drift.js_threshold,
+        drift_share=spec.drift.drift_share,
+    )
+
+    @dg.asset(
+        key=key,
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=spec.name,
+        io_manager_key="parquet_io",
+        output_required=False,
+        ins={"features": dg.AssetIn(asset_key(spec, "features"), partition_mapping=mapping)},
+        deps=[asset_key(spec, "promotion")],
+        kinds={"pandas"},
+        check_specs=[
+            dg.AssetCheckSpec(
+                DRIFT_CHECK,
+                asset=key,
+                description=(
+                    "Warns when the share of drifted features reaches the spec's drift_share."
+                ),
+            )
+        ],
+        description="Data drift and concept drift of recent days against the champion.",
+    )
+    def drift_report(
+        context: dg.AssetExecutionContext,
+        features: pd.DataFrame,
+        registry: ModelRegistry,
+        paths: PlatformPaths,
+    ) -> Iterator:
+        try:
+            model, version = registry.load_model(
+                spec.name, CHAMPION, spec.model.skops_trusted_types
+            )
+        except LookupError as exc:
+            context.log.warning(f"{exc}; no drift report until a model is promoted")
+            yield dg.AssetCheckResult(
+                check_name=DRIFT_CHECK,
+                asset_key=key,
+                passed=True,
+                description="not evaluated: no champion to compare with",
+            )
+            return
+        reference = registry.load_reference(spec.name, version)
+        reference_end = pd.Timestamp(reference[spec.timestamp].max())
+        days = partition_dates(context)
+        tables, extra, last = {}, {}, None
+        for day in days:
+            window = _window(features, spec, day)
+            report = compute_drift(
+                reference, window, columns=drift_columns(spec), thresholds=thresholds
+            )
+            if pd.Timestamp(day) <= reference_end:  # the model has seen these days: no verdict
+                report = dataclasses.replace(report, dataset_drift=False)
+            concept = _concept(model, window, spec, float(version.tags["holdout_mae"]))
+            tables[day.isoformat()] = encode_frame(
+                pd.DataFrame([c.to_dict() for c in report.columns])
+            )
+            extra[day.isoformat()] = _metadata(report, concept, int(version.version))
+            extra[day.isoformat()]["in_sample"] = bool(pd.Timestamp(day) <= reference_end)
+            last = (day, window, report, concept)
+        day, window, report, concept = last
+        png = plot_top_drifted(reference, window, report)
+        plot_path = paths.state_dir / "reports" / spec.name / f"drift_{day.isoformat()}.png"
+        atomic_write(plot_path, png)
+        extra[day.isoformat()]["plot"] = dg.MetadataValue.md(
+            f"![top drifted features](data:image/png;base64,{base64.b64encode(png).decode()})"
+        )
+        extra[day.isoformat()]["plot_file"] = dg.MetadataValue.path(str(plot_path))
+        yield partitioned_output(context, tables, extra)
+        drifted = report.dataset_drift or concept["drifted"]
+        yield dg.AssetCheckResult(
+            check_name=DRIFT_CHECK,
+            asset_key=key,
+            passed=not drifted,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"{day}: drift_share {report.drift_share:.2f}, concept ratio "
+            f"{concept['ratio'] if concept['ratio'] is not None else 'n/a'}",
+            metadata={
+                "drift_share": float(report.drift_share),
+                "drifted_columns": ", ".join(report.drifted_columns) or "none",
+            },
+        )
+
+    return [drift_report]
+
+
+def _window(features: pd.DataFrame, spec: PipelineSpec, day: date) -> pd.DataFrame:
+    ts = features[spec.timestamp]
+    start = pd.Timestamp(day - timedelta(days=spec.drift.window_days - 1))
+    return features[(ts >= start) & (ts <= pd.Timestamp(day))].reset_index(drop=True)
+
+
+def _concept(model, window: pd.DataFrame, spec: PipelineSpec, holdout_mae: float) -> dict:
+    """Champion error on the window's rows whose next-day label has already arrived."""
+    labelled = training.attach_labels(window, spec).dropna(subset=[training.LABEL])
+    errors = (
+        labelled[training.LABEL].to_numpy(dtype="float64") - training.predict(model, labelled, spec)
+        if len(labelled)
+        else np.array([])
+    )
+    return concept_drift(errors, holdout_mae, spec.drift.concept_drift_tolerance)
+
+
+def _metadata(report, concept: dict, version: int) -> dict:
+    return {
+        "dataset_drift": bool(report.dataset_drift),
+        "drift_share": float(report.drift_share),
+        "max_psi": float(report.max_psi),
+        "drifted_columns": ", ".join(report.drifted_columns) or "none",
+        "concept_drift": bool(concept["drifted"]),
+        "concept_mae_ratio": float(concept["ratio"]) if concept["ratio"] is not None else 0.0,
+        "concept_mae_current": float(concept["mae_current"] or 0.0),
+        "concept_mae_holdout": float(concept["mae_holdout"]),
+        "concept_labelled_rows": int(concept["n"]),
+        "champion_version": version,
+        "report": dg.MetadataValue.md(report.to_markdown()),
+    }
