@@ -31,8 +31,11 @@ def generate(root: Path, spec: PipelineSpec, *, stores: int = 4, days: int = 150
     from ml_platform.core.datagen import GeneratorConfig, write_landing_files
 
     config = GeneratorConfig(
-        stores=stores, days=days, start=kw.pop("start", spec.landing.start_date),
-        holidays=tuple(spec.features.holidays), **kw,
+        stores=stores,
+        days=days,
+        start=kw.pop("start", spec.landing.start_date),
+        holidays=tuple(spec.features.holidays),
+        **kw,
     )
     return write_landing_files(config, root / spec.landing.directory, append=True)
 
@@ -54,7 +57,9 @@ def trained_platform(tmp_path_factory: pytest.TempPathFactory, spec: PipelineSpe
     from ml_platform.demo import run_demo
 
     root = make_platform_root(tmp_path_factory.mktemp("trained") / "project")
-    saved = {k: os.environ.get(k) for k in ("DAGSTER_HOME", "ML_PLATFORM_ROOT", "MLFLOW_TRACKING_URI")}
+    saved = {
+        k: os.environ.get(k) for k in ("DAGSTER_HOME", "ML_PLATFORM_ROOT", "MLFLOW_TRACKING_URI")
+    }
     os.environ["DAGSTER_HOME"] = str(root / ".ml_platform" / "dagster_home")
     os.environ["ML_PLATFORM_ROOT"] = str(root)
     os.environ.pop("MLFLOW_TRACKING_URI", None)

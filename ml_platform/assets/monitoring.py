@@ -28,6 +28,15 @@ def drift_columns(spec: PipelineSpec) -> dict[str, str]:
     return {c: "numeric" for c in [spec.target, *spec.feature_columns] if c not in calendar}
 
 
+def thresholds_for(spec: PipelineSpec) -> DriftThresholds:
+    return DriftThresholds(
+        psi=spec.drift.psi_threshold,
+        wasserstein=spec.drift.wasserstein_threshold,
+        js=spec.drift.js_threshold,
+        drift_share=spec.drift.drift_share,
+    )
+
+
 def build_monitoring_assets(
     spec: PipelineSpec, partitions: dg.PartitionsDefinition
 ) -> list[dg.AssetsDefinition]:
@@ -35,12 +44,7 @@ def build_monitoring_assets(
     mapping = dg.TimeWindowPartitionMapping(
         start_offset=-spec.drift.window_days, allow_nonexistent_upstream_partitions=True
     )
-    thresholds = DriftThresholds(
-        psi=spec.drift.psi_threshold,
-        wasserstein=spec.drift.wasserstein_threshold,
-        js=spec.drift.js_threshold,
-        drift_share=spec.drift.drift_share,
-    )
+    thresholds = thresholds_for(spec)
 
     @dg.asset(
         key=key,

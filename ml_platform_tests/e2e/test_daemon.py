@@ -153,7 +153,9 @@ class Stack:
         state = self.sensor_state(name)
         if state is None:
             return 0
-        ticks = self.instance.get_ticks(state.instigator_origin_id, state.selector_id, after=float(after))
+        ticks = self.instance.get_ticks(
+            state.instigator_origin_id, state.selector_id, after=float(after)
+        )
         return sum(1 for t in ticks if t.status != TickStatus.STARTED)
 
     def wait_ticks(self, name: str, after: float, count: int = 2) -> None:
@@ -414,7 +416,9 @@ def test_corrupt_file_fails_once_with_one_alert_and_the_champion_unchanged(stack
 
 def _latest_tick_started(stack: Stack, name: str, after: float) -> bool:
     state = stack.sensor_state(name)
-    ticks = stack.instance.get_ticks(state.instigator_origin_id, state.selector_id, after=float(after))
+    ticks = stack.instance.get_ticks(
+        state.instigator_origin_id, state.selector_id, after=float(after)
+    )
     return any(t.status == TickStatus.STARTED for t in ticks)
 
 

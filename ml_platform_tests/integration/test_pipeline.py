@@ -21,7 +21,9 @@ def md5(path) -> str:
 def latest(key: list[str], partition: str | None = None):
     instance = dg.DagsterInstance.get()
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(dg.AssetKey(key), asset_partitions=[partition] if partition else None),
+        dg.AssetRecordsFilter(
+            dg.AssetKey(key), asset_partitions=[partition] if partition else None
+        ),
         limit=1,
     ).records
     return records[0].asset_materialization if records else None
@@ -51,8 +53,9 @@ def test_data_versions_are_content_hashes(platform, spec):
     landing = platform / spec.landing.directory / f"{partition}.csv"
     assert raw.metadata["md5"].value == md5(landing)
     training = latest([spec.name, "training_set"])
-    assert training.tags["dagster/data_version"] == md5(platform / "data" / spec.name /
-                                                        "training_set.parquet")
+    assert training.tags["dagster/data_version"] == md5(
+        platform / "data" / spec.name / "training_set.parquet"
+    )
 
 
 def test_single_partition_run_carries_its_own_md5_as_data_version(platform, spec):
@@ -88,16 +91,24 @@ def test_predictions_cover_every_entity_for_the_next_day(platform, spec):
 @pytest.mark.parametrize(
     ("offset", "content", "message"),
     [
-        (160, "date,store_id,product_id,units,price,promo\n{d},S0001,P01,3,2.5,0\n",
-         "missing required columns ['units_sold']"),
+        (
+            160,
+            "date,store_id,product_id,units,price,promo\n{d},S0001,P01,3,2.5,0\n",
+            "missing required columns ['units_sold']",
+        ),
         (161, "", "empty"),
         (162, "date,store_id,product_id,units_sold,price,promo\n", "no rows (header only)"),
-        (163, "date,store_id,product_id,units_sold,price,promo\n"
-              + "".join(f"not-a-date,S000{i},P01,3,2.5,0\n" for i in range(1, 5)),
-         "date failed parse_date"),
+        (
+            163,
+            "date,store_id,product_id,units_sold,price,promo\n"
+            + "".join(f"not-a-date,S000{i},P01,3,2.5,0\n" for i in range(1, 5)),
+            "date failed parse_date",
+        ),
     ],
 )
-def test_hostile_file_fails_validation_and_changes_nothing(platform, spec, offset, content, message):
+def test_hostile_file_fails_validation_and_changes_nothing(
+    platform, spec, offset, content, message
+):
     partition = day(offset, spec)
     landing = platform / spec.landing.directory / f"{partition}.csv"
     landing.write_text(content.format(d=partition))
