@@ -69,6 +69,16 @@ def pipeline_of(job_name: str | None, asset_keys: Iterable[str] = ()) -> str:
     return name
 
 
+def error_text(message: str, cls_name: str | None = None) -> str:
+    """An exception's message without its module path: `ValueError: x`, not `builtins.…`."""
+    text = message.strip()
+    if cls_name:
+        prefix, sep, rest = text.partition(": ")
+        if sep and prefix.rsplit(".", 1)[-1] == cls_name:
+            return f"{cls_name}: {rest}"
+    return text
+
+
 def truncate(text: str, limit: int = MAX_REASON_CHARS) -> str:
     text = text.strip()
     return text if len(text) <= limit else text[: limit - 15].rstrip() + " … (truncated)"

@@ -33,6 +33,7 @@ from ml_platform.automation.alerts import (
     StepFailure,
     alerts_path,
     append_alert,
+    error_text,
     post_webhook,
     run_failure_alert,
     skipped_file_alert,
@@ -402,17 +403,38 @@ def deliver_alert(alert: Alert, root: Path, log) -> bool:
 
 
 def _step_asset_keys(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict[str, list[str]]:
-    """Asset keys computed by each step of the run, from its stored execution plan."""
+    """Asset keys computed by each step of the run, from its stored execution plan.
+
+    A checked asset comes first: when `validated` and `quarantine` share a step, the contract
+    check is on `validated`, which is the asset a contract alert is about.
+    """
     if not run.execution_plan_snapshot_id:
         return {}
     snapshot = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
     keys: dict[str, list[str]] = {}
     for step in snapshot.steps:
+        assets, checked = [], set()
         for output in step.outputs:
             props = output.properties
-            if props is not None and props.asset_key is not None:
-                keys.setdefault(step.key, []).append(props.asset_key.to_user_string())
+            if props is None:
+                continue
+            if props.asset_check_key is not None:
+                checked.add(props.asset_check_key.asset_key.to_user_string())
+            elif props.asset_key is not None:
+                assets.append(props.asset_key.to_user_string())
+        if assets:
+            keys[step.key] = sorted(assets, key=lambda key: key not in checked)
     return keys
+
+
+def _failure_message(event: dg.DagsterEvent) -> str:
+    """A `dg.Failure`'s own description (it names the broken rule), else the error's text."""
+    data = event.step_failure_data
+    if data is None:
+        return event.message or ""
+    if data.user_failure_data is not None and data.user_failure_data.description:
+        return data.user_failure_data.description
+    return error_text(data.error.message, data.error.cls_name) if data.error else ""
 
 
 def alert_for_failed_run(context: dg.RunFailureSensorContext) -> Alert:
@@ -425,7 +447,7 @@ def alert_for_failed_run(context: dg.RunFailureSensorContext) -> Alert:
     failures = [
         StepFailure(
             step_key=event.step_key or "run",
-            message=event.step_failure_data.error.message if event.step_failure_data else "",
+            message=_failure_message(event),
             asset_keys=tuple(assets_by_step.get(event.step_key or "", [])),
         )
         for event in context.get_step_failure_events()

@@ -1,0 +1,102 @@
+"""Snapshot of the definitions: a renamed asset, edge, check, job or sensor shows up in review."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import dagster as dg
+
+from ml_platform.definitions import build_definitions
+from ml_platform_tests.conftest import REPO_ROOT
+
+EXPECTED_EDGES = {
+    "sales_forecast/raw": set(),
+    "sales_forecast/validated": {"sales_forecast/raw"},
+    "sales_forecast/quarantine": {"sales_forecast/raw"},
+    "sales_forecast/features": {"sales_forecast/validated"},
+    "sales_forecast/training_set": {"sales_forecast/features"},
+    "sales_forecast/challenger": {"sales_forecast/training_set"},
+    "sales_forecast/promotion": {"sales_forecast/training_set", "sales_forecast/challenger"},
+    "sales_forecast/predictions": {"sales_forecast/features", "sales_forecast/promotion"},
+    "sales_forecast/drift_report": {"sales_forecast/features", "sales_forecast/promotion"},
+}
+
+
+def test_asset_graph_snapshot(tmp_path):
+    graph = build_definitions(tmp_path).resolve_asset_graph()
+    edges = {
+        key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
+        for key in graph.get_all_asset_keys()
+    }
+    assert edges == EXPECTED_EDGES
+
+
+def test_checks_jobs_and_partitions_snapshot(tmp_path):
+    defs = build_definitions(tmp_path)
+    graph = defs.resolve_asset_graph()
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert checks == {
+        ("sales_forecast/validated", "contract"),
+        ("sales_forecast/drift_report", "no_dataset_drift"),
+    }
+    blocking = {
+        spec.key.name
+        for node in graph.asset_nodes
+        for spec in node.assets_def.check_specs
+        if spec.blocking
+    }
+    assert blocking == {"contract"}
+    assert {"sales_forecast_ingest", "sales_forecast_training"} <= {
+        j.name for j in defs.resolve_all_job_defs()
+    }
+    daily = {
+        k.to_user_string()
+        for k in graph.get_all_asset_keys()
+        if isinstance(graph.get(k).partitions_def, dg.DailyPartitionsDefinition)
+    }
+    assert daily == {
+        f"sales_forecast/{s}"
+        for s in ("raw", "validated", "quarantine", "features", "predictions", "drift_report")
+    }
+
+
+def test_importing_definitions_is_fast_and_touches_nothing(tmp_path):
+    code = (
+        "import time, os; t=time.perf_counter(); import ml_platform.definitions; "
+        "print(time.perf_counter()-t); print(sorted(os.listdir('.')))"
+    )
+    root, home = tmp_path / "root", tmp_path / "home"
+    root.mkdir()
+    home.mkdir()
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", "ML_PLATFORM_ROOT": str(root), "HOME": str(home)},
+    ).stdout.splitlines()
+    assert out[-1] == "[]", "importing definitions must not create files (MLflow DB, state dirs)"
+    assert time.monotonic() - started < 60
+
+
+def test_dagster_cli_validates_the_definitions():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "definitions",
+            "validate",
+            "-m",
+            "ml_platform.definitions",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
