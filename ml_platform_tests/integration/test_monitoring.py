@@ -1,0 +1,72 @@
+"""drift_report on a real instance: clean days raise nothing, a drifted fortnight raises both the
+dataset-drift flag and a failed WARN check."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dagster as dg
+import pytest
+
+from ml_platform.demo import run_demo
+from ml_platform_tests.conftest import failure_messages, generate
+
+pytestmark = pytest.mark.slow
+INGEST = "sales_forecast_ingest"
+
+
+def ingest_range(root, first: str, last: str):
+    from ml_platform.definitions import build_definitions
+
+    job = build_definitions(root).resolve_job_def(INGEST)
+    return job.execute_in_process(
+        instance=dg.DagsterInstance.get(),
+        tags={
+            "dagster/asset_partition_range_start": first,
+            "dagster/asset_partition_range_end": last,
+        },
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
+
+
+def report_for(spec, partition: str):
+    instance = dg.DagsterInstance.get()
+    key = dg.AssetKey([spec.name, "drift_report"])
+    record = instance.fetch_materializations(
+        dg.AssetRecordsFilter(key, asset_partitions=[partition]), limit=1
+    ).records[0]
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(key, "no_dataset_drift")]
+    )[dg.AssetCheckKey(key, "no_dataset_drift")]
+    evaluation = check.event.dagster_event.event_specific_data
+    return record.asset_materialization.metadata, evaluation
+
+
+def test_clean_then_drifted_landing_files(isolated_env, spec):
+    root = isolated_env
+    generate(root, spec, stores=20, days=150, seed=5)
+    assert run_demo(root, spec.name) == 0
+    start = spec.landing.start_date + timedelta(days=150)
+
+    generate(root, spec, stores=20, days=14, seed=5)
+    last_clean = (start + timedelta(days=13)).isoformat()
+    result = ingest_range(root, start.isoformat(), last_clean)
+    assert result.success, failure_messages(result)
+    meta, check = report_for(spec, last_clean)
+    assert meta["dataset_drift"].value is False
+    assert meta["in_sample"].value is False
+    assert check.passed is True
+
+    shifted_from = start + timedelta(days=14)
+    generate(root, spec, stores=20, days=14, seed=5, shift_from=shifted_from, shift_strength=1.0)
+    last_shifted = (shifted_from + timedelta(days=13)).isoformat()
+    result = ingest_range(root, shifted_from.isoformat(), last_shifted)
+    assert result.success, failure_messages(result)
+    meta, check = report_for(spec, last_shifted)
+    assert meta["dataset_drift"].value is True
+    assert meta["drift_share"].value >= spec.drift.drift_share
+    assert "units_sold" in meta["drifted_columns"].value
+    assert check.passed is False
+    assert check.severity == dg.AssetCheckSeverity.WARN
+    assert "data:image/png;base64," in meta["plot"].value
