@@ -77,6 +77,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path.cwd(), args.pipeline, regenerate=args.regenerate)
 
 
+def cmd_materialize(args: argparse.Namespace) -> int:
+    """What `dvc repro` stages call: materialise assets as the UI would, over all landing days."""
+    from ml_platform.demo import _record_in_dvc, materialize
+
+    root = Path.cwd()
+    ok = materialize(root, _spec(args.pipeline, root), args.stages, partition=args.partition)
+    if ok and args.record:
+        _record_in_dvc(root, "")
+    return 0 if ok else 1
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from ml_platform.lineage import format_history, history
+
+    root = Path.cwd()
+    print(format_history(history(root, _spec(args.pipeline, root))))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from ml_platform.lineage import rollback
+
+    root = Path.cwd()
+    print(rollback(root, _spec(args.pipeline, root), args.to, args.reason))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    import json
+
+    from ml_platform.lineage import reproduce
+
+    root = Path.cwd()
+    result = reproduce(root, _spec(args.pipeline, root), args.version)
+    print(json.dumps(result, indent=2))
+    return 0 if result["identical"] else 1
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """`dagster dev` with the embedded instance, bound to 127.0.0.1 unless told otherwise."""
     import os
@@ -138,6 +176,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--regenerate", action="store_true", help="generate data even if present")
     demo.set_defaults(func=cmd_demo)
 
+    mat = sub.add_parser("materialize", help="materialise stages of a pipeline (one run)")
+    mat.add_argument("pipeline")
+    mat.add_argument("stages", nargs="+", help="e.g. raw validated quarantine features")
+    mat.add_argument("--partition", help="one day (YYYY-MM-DD); default: every landing day")
+    mat.add_argument("--record", action="store_true", help="dvc commit + push afterwards")
+    mat.set_defaults(func=cmd_materialize)
+
+    hist = sub.add_parser("history", help="the champion timeline from the audit trail")
+    hist.add_argument("pipeline")
+    hist.set_defaults(func=cmd_history)
+
+    back = sub.add_parser("rollback", help="move champion back to the previous (or a) version")
+    back.add_argument("pipeline")
+    back.add_argument("--to", help="model version (default: the `previous` alias)")
+    back.add_argument("--reason", default="manual rollback")
+    back.set_defaults(func=cmd_rollback)
+
+    repro = sub.add_parser("reproduce", help="retrain a version from its recorded data")
+    repro.add_argument("pipeline")
+    repro.add_argument("--version", required=True)
+    repro.set_defaults(func=cmd_reproduce)
+
     dev = sub.add_parser("dev", help="open the Dagster UI (webserver + daemon)")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
@@ -154,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, ValueError, FileNotFoundError) as exc:
+    except (SpecError, ValueError, LookupError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

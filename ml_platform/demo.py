@@ -27,66 +27,93 @@ def landing_range(directory: Path) -> tuple[str, str] | None:
 
 
 def run_demo(root: Path, pipeline: str, regenerate: bool = False) -> int:
+    """Generate data if there is none, then ingest → train → predict → drift, then record in DVC."""
     ensure_dagster_home(root)
-    import dagster as dg
-
-    from ml_platform.automation.jobs import ingest_job_name, training_job_name
     from ml_platform.cli import main as cli_main
-    from ml_platform.definitions import build_definitions
 
-    defs = build_definitions(root)
     spec = next(s for s in _specs(root) if s.name == pipeline)
     landing = root / spec.landing.directory
     if regenerate or landing_range(landing) is None:
-        print(f"[1/5] generating synthetic landing files into {landing}")
+        print(f"[1/6] generating synthetic landing files into {landing}")
         cli_main(["generate", "--pipeline", pipeline])
     first, last = landing_range(landing)
-    instance = dg.DagsterInstance.get()
-    ingest = defs.resolve_job_def(ingest_job_name(spec))
-    training = defs.resolve_job_def(training_job_name(spec))
-    tags = {RANGE_START: first, RANGE_END: last}
-    stages = [
+    steps = [
         (
-            f"[2/5] ingest {first}..{last} (raw → validated → features), one run",
-            ingest,
-            tags,
-            [dg.AssetKey([pipeline, s]) for s in ("raw", "validated", "quarantine", "features")],
-        ),
-        ("[3/5] training (training_set → challenger → promotion)", training, {}, None),
-        (
-            f"[4/5] predictions {first}..{last} from the champion",
-            ingest,
-            tags,
-            [dg.AssetKey([pipeline, "predictions"])],
+            f"[2/6] ingest {first}..{last} (raw → validated → features), one run",
+            ["raw", "validated", "quarantine", "features"],
+            None,
         ),
         (
-            f"[5/5] drift report for {last} against the champion's reference",
-            ingest,
-            {"dagster/partition": last},
-            [dg.AssetKey([pipeline, "drift_report"])],
+            "[3/6] training (training_set → challenger → promotion)",
+            ["training_set", "challenger", "promotion"],
+            None,
         ),
+        (f"[4/6] predictions {first}..{last} from the champion", ["predictions"], None),
+        (f"[5/6] drift report for {last} against the champion's reference", ["drift_report"], last),
     ]
-    for label, job, run_tags, selection in stages:
+    for label, stages, partition in steps:
         print(label, flush=True)
-        started = time.monotonic()
-        result = job.execute_in_process(
-            partition_key=run_tags.get("dagster/partition"),
-            run_config=QUIET,
-            instance=instance,
-            tags=run_tags,
-            asset_selection=selection,
-            raise_on_error=False,
-        )
-        print(
-            f"      run {result.run_id} {'succeeded' if result.success else 'FAILED'} "
-            f"in {time.monotonic() - started:.1f}s",
-            flush=True,
-        )
-        if not result.success:
-            _print_failure(result)
+        if not materialize(root, spec, stages, partition=partition):
             return 1
-    _print_summary(root, spec, instance)
+    _record_in_dvc(root, "[6/6]")
+    import dagster as dg
+
+    _print_summary(root, spec, dg.DagsterInstance.get())
     return 0
+
+
+def materialize(root: Path, spec, stages: list[str], partition: str | None = None) -> bool:
+    """Run the stages' assets as one run: all landing days for daily assets, else unpartitioned."""
+    ensure_dagster_home(root)
+    import dagster as dg
+
+    from ml_platform.automation.jobs import INGEST_STAGES, ingest_job_name, training_job_name
+    from ml_platform.definitions import build_definitions
+
+    unknown = [
+        s for s in stages if s not in (*INGEST_STAGES, "training_set", "challenger", "promotion")
+    ]
+    if unknown:
+        raise ValueError(f"unknown stages {unknown} for pipeline {spec.name}")
+    daily = [s for s in stages if s in INGEST_STAGES]
+    if daily and len(daily) != len(stages):
+        raise ValueError("daily and unpartitioned stages go in separate runs")
+    defs = build_definitions(root)
+    job = defs.resolve_job_def(ingest_job_name(spec) if daily else training_job_name(spec))
+    tags: dict[str, str] = {}
+    if daily and partition is None:
+        first, last = landing_range(root / spec.landing.directory) or (None, None)
+        if first is None:
+            raise ValueError(f"no landing files in {root / spec.landing.directory}")
+        tags = {RANGE_START: first, RANGE_END: last}
+    started = time.monotonic()
+    result = job.execute_in_process(
+        partition_key=partition if daily else None,
+        run_config=QUIET,
+        instance=dg.DagsterInstance.get(),
+        tags=tags,
+        asset_selection=[dg.AssetKey([spec.name, s]) for s in stages],
+        raise_on_error=False,
+    )
+    outcome = "succeeded" if result.success else "FAILED"
+    print(f"      run {result.run_id} {outcome} in {time.monotonic() - started:.1f}s", flush=True)
+    if not result.success:
+        _print_failure(result)
+    return result.success
+
+
+def _record_in_dvc(root: Path, label: str) -> None:
+    from ml_platform.resources.dvc import DvcError, DvcLedger
+
+    ledger = DvcLedger(root)
+    if not ledger.enabled:
+        print(f"{label} DVC not initialised here (no .dvc/ and dvc.yaml): data not recorded")
+        return
+    print(f"{label} recording data versions in DVC (dvc commit + push)", flush=True)
+    try:
+        ledger.record()
+    except DvcError as exc:
+        print(f"      warning: {exc}")
 
 
 def _specs(root: Path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -51,23 +52,18 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     yield root
 
 
-@pytest.fixture(scope="session")
-def trained_platform(tmp_path_factory: pytest.TempPathFactory, spec: PipelineSpec) -> Path:
-    """One small platform taken through the whole demo once and shared by read-only tests."""
-    from ml_platform.demo import run_demo
-
-    root = make_platform_root(tmp_path_factory.mktemp("trained") / "project")
-    saved = {
-        k: os.environ.get(k) for k in ("DAGSTER_HOME", "ML_PLATFORM_ROOT", "MLFLOW_TRACKING_URI")
-    }
+@contextlib.contextmanager
+def activated(root: Path) -> Iterator[Path]:
+    """Point this process at a project root (DAGSTER_HOME, ML_PLATFORM_ROOT, cwd), then restore."""
+    keys = ("DAGSTER_HOME", "ML_PLATFORM_ROOT", "MLFLOW_TRACKING_URI")
+    saved = {k: os.environ.get(k) for k in keys}
     os.environ["DAGSTER_HOME"] = str(root / ".ml_platform" / "dagster_home")
     os.environ["ML_PLATFORM_ROOT"] = str(root)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     cwd = Path.cwd()
     os.chdir(root)
     try:
-        generate(root, spec, stores=4, days=160, seed=3)
-        assert run_demo(root, spec.name) == 0
+        yield root
     finally:
         os.chdir(cwd)
         for key, value in saved.items():
@@ -75,6 +71,17 @@ def trained_platform(tmp_path_factory: pytest.TempPathFactory, spec: PipelineSpe
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def trained_platform(tmp_path_factory: pytest.TempPathFactory, spec: PipelineSpec) -> Path:
+    """One small platform taken through the whole demo once and shared by read-only tests."""
+    from ml_platform.demo import run_demo
+
+    root = make_platform_root(tmp_path_factory.mktemp("trained") / "project")
+    with activated(root):
+        generate(root, spec, stores=4, days=160, seed=3)
+        assert run_demo(root, spec.name) == 0
     return root
 
 

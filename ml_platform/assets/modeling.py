@@ -18,6 +18,7 @@ from ml_platform.core.features import split_by_day
 from ml_platform.core.promotion import decide
 from ml_platform.core.storage import encode_frame
 from ml_platform.resources.audit import record_alias_change
+from ml_platform.resources.dvc import DvcLedger
 from ml_platform.resources.platform import PlatformPaths, git_commit, source_hash
 from ml_platform.resources.registry import (
     CANARY,
@@ -207,6 +208,7 @@ def _lineage(context, spec: PipelineSpec, training_key: dg.AssetKey, paths: Plat
     fingerprint = hashlib.sha256(f"{data_version}|{code}|{spec.fingerprint()}".encode())
     return {
         "training_set_md5": data_version,
+        "dvc_lock_md5": DvcLedger(paths.root_path).lock_hash(),
         "git_commit": commit,
         "git_dirty": str(dirty).lower(),
         "source_hash": code,

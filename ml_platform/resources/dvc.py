@@ -1,0 +1,93 @@
+"""DVC as the data ledger: record what Dagster wrote, push it, and find old versions again.
+
+DVC takes a repository lock and a second concurrent `dvc` call fails with a LockError, so every
+call goes through one file lock here and retries on contention.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from filelock import FileLock
+
+LOCK_RETRIES = 5
+
+
+class DvcError(RuntimeError):
+    """A DVC command failed; the message carries DVC's own output."""
+
+
+class DvcLedger:
+    """Runs DVC in one project root, one command at a time."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.lock = FileLock(str(self.root / ".ml_platform" / "dvc.filelock"), timeout=600)
+
+    @property
+    def enabled(self) -> bool:
+        return (self.root / ".dvc").is_dir() and (self.root / "dvc.yaml").is_file()
+
+    def run(self, *args: str) -> str:
+        """`dvc <args>` under the lock, retried with backoff when DVC's own lock is taken."""
+        (self.root / ".ml_platform").mkdir(exist_ok=True)
+        command = [str(Path(sys.executable).with_name("dvc")), *args]
+        for attempt in range(LOCK_RETRIES):
+            with self.lock:
+                done = subprocess.run(command, cwd=self.root, capture_output=True, text=True)
+            if done.returncode == 0:
+                return done.stdout
+            if "lock" not in (done.stderr + done.stdout).lower() or attempt == LOCK_RETRIES - 1:
+                raise DvcError(f"dvc {' '.join(args)} failed: {done.stderr.strip() or done.stdout}")
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def record(self) -> str:
+        """`dvc commit` every stage's outputs as they are now, then push them to the remote."""
+        self.run("commit", "--force", "--quiet")
+        return self.run("push", "--quiet")
+
+    def status(self) -> dict:
+        return json.loads(self.run("status", "--json") or "{}")
+
+    def cache_path(self, md5: str) -> Path:
+        """Where DVC 3 keeps a file with this md5 in the local cache."""
+        return self.root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+
+    def fetch(self, md5: str) -> Path:
+        """The cached file with this md5, pulled from the remote if needed, verified byte-exact."""
+        path = self.cache_path(md5)
+        if not path.exists():
+            remote = self._remote_path(md5)
+            if remote is None or not remote.exists():
+                raise DvcError(
+                    f"data version {md5} is in neither the DVC cache ({path}) nor the remote; "
+                    "it cannot be restored"
+                )
+            path = remote
+        actual = hashlib.md5(path.read_bytes()).hexdigest()
+        if actual != md5:
+            raise DvcError(
+                f"DVC cache file {path} is corrupted: its md5 is {actual}, expected {md5}; "
+                "refusing to use it (run `dvc fetch` or restore the remote)"
+            )
+        return path
+
+    def _remote_path(self, md5: str) -> Path | None:
+        out = self.run("remote", "list")
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and "://" not in parts[1]:
+                base = (self.root / ".dvc" / parts[1]).resolve()
+                return base / "files" / "md5" / md5[:2] / md5[2:]
+        return None
+
+    def lock_hash(self) -> str:
+        """md5 of dvc.lock: which recorded data versions a model was trained next to."""
+        path = self.root / "dvc.lock"
+        return hashlib.md5(path.read_bytes()).hexdigest() if path.exists() else "none"
