@@ -13,6 +13,7 @@ import dagster as dg
 from ml_platform.assets.factory import build_pipeline_assets
 from ml_platform.assets.modeling import tracking_key
 from ml_platform.automation.jobs import build_jobs
+from ml_platform.automation.ledger import build_dvc_recorder
 from ml_platform.instance import tune_embedded_sqlite
 from ml_platform.resources.io_manager import ParquetIOManager
 from ml_platform.resources.online_store import OnlineStore
@@ -53,8 +54,13 @@ def build_definitions(root: Path | None = None, spec_dir: Path = SPEC_DIR) -> dg
                 "extra_tags": {"pipeline": spec.name},
             }
         )
+    sensors = [build_dvc_recorder([j.name for j in jobs])]
     return dg.Definitions(
-        assets=assets, jobs=jobs, resources=resources, executor=dg.in_process_executor
+        assets=assets,
+        jobs=jobs,
+        sensors=sensors,
+        resources=resources,
+        executor=dg.in_process_executor,
     )
 
 

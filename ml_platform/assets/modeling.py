@@ -238,7 +238,10 @@ def _train_and_register(spec, training_set, registry, tracker, lineage) -> tuple
     )
     _log_reference(tracker, training_set, spec)
     version = str(info.registered_model_version)
-    registry.tag_version(spec.name, version, {**lineage, **metrics})
+    params = {f"param.{k}": v for k, v in spec.model.params.items()}
+    registry.tag_version(
+        spec.name, version, {**lineage, **metrics, **params, "estimator": spec.model.estimator}
+    )
     registry.set_alias(spec.name, CHALLENGER, version)
     tracker.end_run()
     return version, metrics

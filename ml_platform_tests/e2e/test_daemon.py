@@ -8,6 +8,7 @@ and share one daemon; every wait polls the instance against a deadline.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -245,6 +246,30 @@ def _train_by_hand(root: Path, spec_dir: Path, spec: PipelineSpec) -> None:
         assert result.success, job_name
 
 
+def check_wiring(env: dict[str, str], spec: PipelineSpec) -> None:
+    """Fail in seconds, not minutes, when the code location has no automation or ignores the
+    test's spec folder: ask a fresh interpreter with the daemon's environment."""
+    probe = (
+        "import importlib, json; "
+        f"defs = importlib.import_module({DEFS_MODULE!r}).defs; "
+        "print(json.dumps({s.name: s.minimum_interval_seconds for s in defs.sensors or []}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    intervals = json.loads(out.stdout.strip().splitlines()[-1])
+    expected = {landing_sensor_name(spec), drift_sensor_name(spec), FAILURE_SENSOR_NAME}
+    missing = expected - set(intervals)
+    assert not missing, (
+        f"{DEFS_MODULE}.defs has no {sorted(missing)}: wire build_automation and "
+        "build_failure_sensor into build_definitions"
+    )
+    assert intervals[landing_sensor_name(spec)] == SENSOR_INTERVAL_SECONDS, (
+        f"{DEFS_MODULE} ignores ML_PLATFORM_SPEC_DIR (landing interval {intervals})"
+    )
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, spec: PipelineSpec) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("daemon")
@@ -265,14 +290,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory, spec: PipelineSpec) -> Itera
         from ml_platform.instance import ensure_dagster_home
 
         ensure_dagster_home(root)
-        generate(root, e2e, stores=STORES, days=HISTORY_DAYS, seed=SEED)
-        _train_by_hand(root, spec_dir, e2e)
-        assert registry_for(root).alias_version(e2e.name, "champion"), "setup promoted no model"
-        instance = dg.DagsterInstance.get()
         daemon_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
         daemon_env["PYTHONPATH"] = os.pathsep.join(
             p for p in [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")] if p
         )
+        check_wiring(daemon_env, e2e)
+        generate(root, e2e, stores=STORES, days=HISTORY_DAYS, seed=SEED)
+        _train_by_hand(root, spec_dir, e2e)
+        assert registry_for(root).alias_version(e2e.name, "champion"), "setup promoted no model"
+        instance = dg.DagsterInstance.get()
         logs = base / "logs"
         logs.mkdir()
         daemon = DaemonProcess(root, daemon_env, logs)
@@ -407,8 +433,9 @@ def test_corrupt_file_fails_once_with_one_alert_and_the_champion_unchanged(stack
     assert alert["job"] == ingest_job_name(spec)
     assert "missing required columns ['units_sold']" in alert["reason"]
     assert set(alert) == {"time", "pipeline", "asset", "run_id", "job", "reason"}
-    stack.wait_ticks(FAILURE_SENSOR_NAME, after=time.time(), count=2)
-    stack.wait_ticks(landing_sensor_name(spec), after=time.time(), count=2)
+    after = time.time()
+    stack.wait_ticks(FAILURE_SENSOR_NAME, after=after, count=2)
+    stack.wait_ticks(landing_sensor_name(spec), after=after, count=2)
     assert len(alert_lines()) == 1
     assert len(stack.runs_covering(day)) == 1
     assert stack.champion_version() == champion
@@ -447,6 +474,7 @@ def test_sigkill_during_ticks_loses_no_file_and_processes_none_twice(stack: Stac
         dropped += generate(stack.root, spec, stores=STORES, days=1, seed=SEED)  # lands while down
         daemon.start()
 
+    print(f"SIGKILL landed while the landing tick was: {hits}")
     days = [p.stem for p in dropped]
     wait_for(
         lambda: all(stack.runs_covering(d) for d in days), 180, f"runs covering {days} ({hits})"

@@ -120,3 +120,23 @@ def _dir_manifest(root: Path, out: str) -> dict[str, str]:
                 path = DvcLedger(root).cache_path(digest)
                 return {item["relpath"]: item["md5"] for item in json.loads(path.read_text())}
     raise AssertionError(f"{out} not in dvc.lock")
+
+
+def test_parallel_dvc_calls_are_serialised_not_failed(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    sh(root, "git", "init", "-q")
+    sh(root, DVC, "init", "-q")
+    (root / "data.txt").write_text("hello\n")
+    (root / "dvc.yaml").write_text(
+        "stages:\n  copy:\n    cmd: cp data.txt out.txt\n"
+        "    deps: [data.txt]\n    outs: [out.txt]\n"
+    )
+    (root / "out.txt").write_text("hello\n")
+    ledger = DvcLedger(root)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: ledger.run("commit", "--force", "--quiet"), range(4)))
+    assert len(results) == 4
+    assert json.loads(ledger.run("status", "--json")) == {}

@@ -1,0 +1,33 @@
+"""Record every successful run's data in DVC, so `dvc status` stays clean without a manual step."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from ml_platform.resources.dvc import DvcError, DvcLedger
+from ml_platform.resources.platform import default_root
+
+
+def build_dvc_recorder(job_names: list[str]) -> dg.SensorDefinition:
+    @dg.run_status_sensor(
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        name="dvc_recorder",
+        monitor_all_code_locations=False,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="After a successful ingest or training run: dvc commit + push.",
+    )
+    def dvc_recorder(context: dg.RunStatusSensorContext) -> dg.SkipReason | None:
+        if context.dagster_run.job_name not in job_names:
+            return dg.SkipReason(f"{context.dagster_run.job_name} writes no DVC-tracked data")
+        ledger = DvcLedger(default_root())
+        if not ledger.enabled:
+            return dg.SkipReason("no .dvc/ and dvc.yaml in the project root")
+        try:
+            ledger.record()
+        except DvcError as exc:
+            context.log.warning(f"could not record run {context.dagster_run.run_id} in DVC: {exc}")
+            return dg.SkipReason(str(exc)[:500])
+        context.log.info(f"recorded run {context.dagster_run.run_id} in DVC")
+        return None
+
+    return dvc_recorder
