@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 3000
 
-.PHONY: install demo test test-fast dev bench lint format reset clean
+.PHONY: install demo test test-fast test-ui dev bench lint format reset clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: install  ## the whole suite, slow end-to-end tests included (what CI runs)
 
 test-fast: install  ## skip tests marked slow
 	$(BIN)/pytest -q -m "not slow"
+
+test-ui: install  ## the browser tests alone; refreshes docs/images/*.png
+	bash .ci/install_ui_deps.sh $(VENV)
+	$(BIN)/pytest -q -m ui
 
 dev: install  ## Dagster UI + daemon on http://127.0.0.1:$(PORT)
 	$(BIN)/ml-platform dev --port $(PORT)
