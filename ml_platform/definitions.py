@@ -14,6 +14,7 @@ from ml_platform.assets.factory import build_pipeline_assets
 from ml_platform.assets.modeling import tracking_key
 from ml_platform.automation.jobs import build_jobs
 from ml_platform.automation.ledger import build_dvc_recorder
+from ml_platform.automation.sensors import build_automation, build_failure_sensor
 from ml_platform.instance import tune_embedded_sqlite
 from ml_platform.resources.io_manager import ParquetIOManager
 from ml_platform.resources.online_store import OnlineStore
@@ -30,10 +31,16 @@ def mlflow_uri(root: Path) -> str:
     )
 
 
-def build_definitions(root: Path | None = None, spec_dir: Path = SPEC_DIR) -> dg.Definitions:
+def spec_dir_from_env() -> Path:
+    """`ML_PLATFORM_SPEC_DIR` if set (tests with short sensor intervals, a second deployment),
+    else the packaged specs."""
+    return Path(os.environ.get("ML_PLATFORM_SPEC_DIR") or SPEC_DIR)
+
+
+def build_definitions(root: Path | None = None, spec_dir: Path | None = None) -> dg.Definitions:
     root = (root or default_root()).resolve()
     tune_embedded_sqlite()
-    specs = load_specs(spec_dir, root)
+    specs = load_specs(spec_dir or spec_dir_from_env(), root)
     tracking_uri = mlflow_uri(root)
     artifact_root = str(root / ".ml_platform" / "mlartifacts")
     resources: dict[str, object] = {
@@ -42,10 +49,13 @@ def build_definitions(root: Path | None = None, spec_dir: Path = SPEC_DIR) -> dg
         "registry": ModelRegistry(tracking_uri=tracking_uri, artifact_root=artifact_root),
         "online_store": OnlineStore(path=str(root / ".ml_platform" / "online_store.sqlite")),
     }
-    assets, jobs = [], []
+    assets, jobs, sensors, schedules = [], [], [], []
     for spec in specs:
         assets.extend(build_pipeline_assets(spec))
         jobs.extend(build_jobs(spec))
+        spec_sensors, spec_schedules = build_automation(spec)
+        sensors.extend(spec_sensors)
+        schedules.extend(spec_schedules)
         resources[tracking_key(spec)] = mlflow_tracking.configured(
             {
                 "experiment_name": spec.name,
@@ -54,11 +64,14 @@ def build_definitions(root: Path | None = None, spec_dir: Path = SPEC_DIR) -> dg
                 "extra_tags": {"pipeline": spec.name},
             }
         )
-    sensors = [build_dvc_recorder([j.name for j in jobs])]
+    sensors.append(build_dvc_recorder([j.name for j in jobs]))
+    fastest = min((s.automation.landing_sensor_interval_seconds for s in specs), default=30)
+    sensors.append(build_failure_sensor(minimum_interval_seconds=fastest))
     return dg.Definitions(
         assets=assets,
         jobs=jobs,
         sensors=sensors,
+        schedules=schedules,
         resources=resources,
         executor=dg.in_process_executor,
     )

@@ -117,9 +117,10 @@ def _record_in_dvc(root: Path, label: str) -> None:
 
 
 def _specs(root: Path):
+    from ml_platform.definitions import spec_dir_from_env
     from ml_platform.specs import load_specs
 
-    return load_specs(root=root)
+    return load_specs(spec_dir_from_env(), root=root)
 
 
 def _print_failure(result) -> None:

@@ -16,6 +16,12 @@ telemetry:
   enabled: false
 run_queue:
   max_concurrent_runs: 2
+  # One run per pipeline at a time: day D+1's features must not be built before day D is validated.
+  tag_concurrency_limits:
+    - key: ml_platform/pipeline
+      value:
+        applyLimitPerUniqueValue: true
+      limit: 1
 run_monitoring:
   enabled: true
   poll_interval_seconds: 30

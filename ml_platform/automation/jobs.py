@@ -27,10 +27,12 @@ def build_jobs(spec: PipelineSpec) -> list[dg.UnresolvedAssetJobDefinition]:
             ingest_job_name(spec),
             selection=dg.AssetSelection.assets(*keys(INGEST_STAGES)),
             description="Ingest daily landing files up to features and predictions.",
+            tags={"ml_platform/pipeline": spec.name},
         ),
         dg.define_asset_job(
             training_job_name(spec),
             selection=dg.AssetSelection.assets(*keys(TRAINING_STAGES)),
             description="Build the training set, train a challenger and run the promotion gate.",
+            tags={"ml_platform/pipeline": spec.name},
         ),
     ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -285,7 +286,9 @@ def build_landing_sensor(spec: PipelineSpec) -> dg.SensorDefinition:
             "run keys come from the files' md5s; a backfill drop becomes one range run."
         ),
     )
-    def landing_sensor(context: dg.SensorEvaluationContext, paths: PlatformPaths):
+    def landing_sensor(
+        context: dg.SensorEvaluationContext, paths: PlatformPaths
+    ) -> dg.SensorResult:
         return evaluate_landing(context, spec, paths.root_path)
 
     return landing_sensor
@@ -377,7 +380,7 @@ def build_drift_sensor(spec: PipelineSpec) -> dg.SensorDefinition:
             f"once per report, at most once per {spec.drift.cooldown_hours} h."
         ),
     )
-    def drift_sensor(context: dg.SensorEvaluationContext):
+    def drift_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         return evaluate_drift(context, spec)
 
     return drift_sensor
@@ -387,7 +390,7 @@ def build_drift_sensor(spec: PipelineSpec) -> dg.SensorDefinition:
 # Alerts
 
 
-def deliver_alert(alert: Alert, root: Path, log) -> bool:
+def deliver_alert(alert: Alert, root: Path, log: logging.Logger) -> bool:
     """File first, webhook second; a webhook failure is logged and never fails the tick."""
     written = append_alert(alerts_path(root), alert)
     if not written:

@@ -51,6 +51,13 @@ def test_checks_jobs_and_partitions_snapshot(tmp_path):
     assert {"sales_forecast_ingest", "sales_forecast_training"} <= {
         j.name for j in defs.resolve_all_job_defs()
     }
+    assert {s.name for s in defs.sensors} == {
+        "sales_forecast_landing_sensor",
+        "sales_forecast_drift_sensor",
+        "dvc_recorder",
+        "ml_platform_run_failure_alerts",
+    }
+    assert {s.name for s in defs.schedules} == {"sales_forecast_retrain_schedule"}
     daily = {
         k.to_user_string()
         for k in graph.get_all_asset_keys()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 from dagster._core.test_utils import create_run_for_test
 
 from ml_platform.automation.alerts import alerts_path, read_alerts
@@ -34,12 +35,13 @@ from ml_platform.automation.sensors import (
     build_automation,
     build_failure_sensor,
     drift_report_key,
+    drift_sensor_name,
     landing_sensor_name,
 )
 from ml_platform.core.storage import md5_file
 from ml_platform.instance import ensure_dagster_home
 from ml_platform.resources.platform import PlatformPaths
-from ml_platform.specs import PipelineSpec
+from ml_platform.specs import SPEC_DIR, PipelineSpec
 from ml_platform_tests.conftest import day, generate, run_job
 
 HEADER = "date,store_id,product_id,units_sold,price,promo\n"
@@ -61,12 +63,21 @@ def sensors(spec: PipelineSpec) -> tuple[dg.SensorDefinition, dg.SensorDefinitio
     return landing, drift
 
 
-def tick(sensor, instance, root: Path | None = None, cursor: str | None = None):
-    """One evaluation, with the definitions a daemon would have (partitioned requests need them)."""
+def definitions_with(root: Path, *sensor_defs: dg.SensorDefinition) -> dg.Definitions:
+    """The code location's definitions plus these sensors, unless it already has them by name
+    (it does once `build_definitions` wires `build_automation` in)."""
     from ml_platform.definitions import build_definitions
 
+    defs = build_definitions(root)
+    have = {s.name for s in defs.sensors or []}
+    extra = [s for s in sensor_defs if s.name not in have]
+    return dg.Definitions.merge(defs, dg.Definitions(sensors=extra)) if extra else defs
+
+
+def tick(sensor, instance, root: Path | None = None, cursor: str | None = None):
+    """One evaluation, with the definitions a daemon would have (partitioned requests need them)."""
     root = root or Path.cwd()
-    defs = dg.Definitions.merge(build_definitions(root), dg.Definitions(sensors=[sensor]))
+    defs = definitions_with(root, sensor)
     context = dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
@@ -282,19 +293,18 @@ def test_retrain_schedule_is_off_unless_the_spec_enables_it(spec):
 
 
 def test_automation_wires_into_the_definitions_with_running_sensors(env, spec):
-    from ml_platform.definitions import build_definitions
-
     sensor_defs, schedules = build_automation(spec)
-    defs = dg.Definitions.merge(
-        build_definitions(env),
-        dg.Definitions(sensors=[*sensor_defs, build_failure_sensor()], schedules=schedules),
-    )
+    defs = definitions_with(env, *sensor_defs, build_failure_sensor())
+    if not defs.schedules:
+        defs = dg.Definitions.merge(defs, dg.Definitions(schedules=schedules))
     repo = defs.get_repository_def()  # resolves every job name the sensors target
     landing = repo.get_sensor_def(landing_sensor_name(spec))
     assert landing.job_name == ingest_job_name(spec)
     assert landing.minimum_interval_seconds == spec.automation.landing_sensor_interval_seconds
-    for sensor in repo.sensor_defs:
-        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING, sensor.name
+    assert repo.get_sensor_def(drift_sensor_name(spec)).job_name == training_job_name(spec)
+    assert repo.get_schedule_def(retrain_schedule_name(spec)).job_name == training_job_name(spec)
+    for name in (landing_sensor_name(spec), drift_sensor_name(spec), FAILURE_SENSOR_NAME):
+        assert repo.get_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
 
 
 # --- run-failure sensor -------------------------------------------------------------------------
@@ -326,10 +336,8 @@ def webhook(monkeypatch: pytest.MonkeyPatch):
 def test_a_failed_run_is_one_alert_line_and_one_post_even_if_redelivered(
     env, instance, spec, webhook
 ):
-    from ml_platform.definitions import build_definitions
-
     sensor = build_failure_sensor()
-    defs = dg.Definitions.merge(build_definitions(env), dg.Definitions(sensors=[sensor]))
+    defs = definitions_with(env, sensor)
     context = {"instance": instance, "definitions": defs}
     start = sensor.evaluate_tick(dg.build_sensor_context(**context))  # starts after "now"
     key = day(3, spec)
@@ -354,11 +362,9 @@ def test_a_failed_run_is_one_alert_line_and_one_post_even_if_redelivered(
 def test_an_unreachable_webhook_is_logged_and_the_alert_still_written(
     env, instance, spec, monkeypatch, capfd
 ):
-    from ml_platform.definitions import build_definitions
-
     monkeypatch.setenv("ML_PLATFORM_ALERT_WEBHOOK", "http://127.0.0.1:9/")
     sensor = build_failure_sensor()
-    defs = dg.Definitions.merge(build_definitions(env), dg.Definitions(sensors=[sensor]))
+    defs = definitions_with(env, sensor)
     start = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
     key = day(4, spec)
     (landing_dir(env, spec) / f"{key}.csv").write_text("")
@@ -381,16 +387,16 @@ DEFS_FILE = """
 from pathlib import Path
 
 import dagster as dg
-from ml_platform.automation.sensors import build_landing_sensor
+from ml_platform.automation.sensors import build_automation
 from ml_platform.definitions import build_definitions
-from ml_platform.specs import AutomationSpec, load_spec, SPEC_DIR
+from ml_platform.specs import load_spec
 
-root = Path({root!r})
-spec = load_spec(SPEC_DIR / "sales_forecast.yaml", root)
-spec = spec.model_copy(update={{"automation": AutomationSpec(landing_sensor_interval_seconds=1)}})
-defs = dg.Definitions.merge(
-    build_definitions(root), dg.Definitions(sensors=[build_landing_sensor(spec)])
-)
+root, spec_dir = Path({root!r}), Path({spec_dir!r})
+base = build_definitions(root, spec_dir)
+have = {{s.name for s in base.sensors or []}}
+spec = load_spec(spec_dir / "sales_forecast.yaml", root)
+extra = [s for s in build_automation(spec)[0] if s.name not in have]
+defs = dg.Definitions.merge(base, dg.Definitions(sensors=extra)) if extra else base
 """
 
 
@@ -430,8 +436,13 @@ def _iterate_after_interval(defs_file: str, name: str) -> None:
 def test_sigkill_at_any_step_of_a_tick_neither_loses_nor_repeats_a_file(
     env, instance, spec, crash_at, tmp_path
 ):
+    spec_dir = tmp_path / "specs"
+    spec_dir.mkdir()
+    raw = yaml.safe_load((SPEC_DIR / "sales_forecast.yaml").read_text())
+    raw["automation"].update(landing_sensor_interval_seconds=1, drift_sensor_interval_seconds=1)
+    (spec_dir / "sales_forecast.yaml").write_text(yaml.safe_dump(raw))
     defs_file = tmp_path / "defs.py"
-    defs_file.write_text(DEFS_FILE.format(root=str(env)))
+    defs_file.write_text(DEFS_FILE.format(root=str(env), spec_dir=str(spec_dir)))
     name = landing_sensor_name(spec)
     files = generate(env, spec, stores=2, days=3)
 
