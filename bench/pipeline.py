@@ -43,7 +43,14 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"graph_ratio": 1.3, "new_day_share": 0.05, "history_ratio": 1.2, "peak_rss_gb": 1.0}
 QUICK = {"stores": 100, "days": 120, "short_history": 60}
-ENV_PREFIXES = ("DAGSTER_EMIT", "DAGSTER_EVENT", "ML_PLATFORM_", "PYTHONPATH", "MLFLOW_")
+ENV_PREFIXES = (
+    "DAGSTER_EMIT",
+    "DAGSTER_EVENT",
+    "ML_PLATFORM_",
+    "PYTHONPATH",
+    "MLFLOW_",
+    "MALLOC_",
+)
 GB = 1024**3
 MB = 1024**2
 
@@ -247,7 +254,7 @@ def plain_child(cfg: dict) -> dict:
     for key in cfg.get("new_days", []):
         day = date.fromisoformat(key)
         link_landing(Path(cfg["landing_source"]), landing, [day])
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         today = ingest_day(day)
         history = [
             pd.read_parquet(data / "validated" / f"{d.isoformat()}.parquet")
@@ -259,7 +266,13 @@ def plain_child(cfg: dict) -> dict:
             spec.name, "champion", spec.model.skops_trusted_types
         )
         write_predictions(champion, champion_version.version, frame, [day])
-        new_days.append({"day": key, "seconds": time.perf_counter() - started})
+        new_days.append(
+            {
+                "day": key,
+                "seconds": time.perf_counter() - started,
+                "cpu": time.process_time() - cpu,
+            }
+        )
         log(f"      plain new day {key}: {new_days[-1]['seconds']:.2f}s")
     return {"stages": stages, "new_days": new_days, "peak_rss": peak.overall}
 
@@ -339,14 +352,14 @@ class _Stage:
     def __enter__(self) -> _Stage:
         self.peak.start()
         self.heartbeat.__enter__()
-        self.started = time.perf_counter()
+        self.started, self.cpu = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        seconds = time.perf_counter() - self.started
+        seconds, cpu = time.perf_counter() - self.started, time.process_time() - self.cpu
         self.heartbeat.__exit__()
         rss = self.peak.stage_peak()
-        self.stages[self.name] = {"seconds": seconds, "peak_rss": rss}
+        self.stages[self.name] = {"seconds": seconds, "cpu": cpu, "peak_rss": rss}
         log(f"      {self.name}: {seconds:.1f}s, peak RSS {rss / MB:,.0f} MB")
 
 
@@ -393,7 +406,7 @@ def dagster_child(cfg: dict) -> dict:
         profiler = _profiler(cfg)
         peak.start()
         with Heartbeat(name, data_dir):
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             if profiler:
                 profiler.enable()
             result = job.execute_in_process(
@@ -401,9 +414,10 @@ def dagster_child(cfg: dict) -> dict:
             )
             if profiler:
                 profiler.disable()
-            seconds = time.perf_counter() - t0
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         stage = {
             "seconds": seconds,
+            "cpu": cpu,
             "peak_rss": peak.stage_peak(),
             "success": result.success,
             "events": len(instance.all_logs(result.run_id)),
@@ -462,6 +476,7 @@ class Bench:
         self.new_days = day_range(self.first + timedelta(days=args.days), args.new_days)
         self.short_history = self.history[-args.short_history :]
         self.failures: list[str] = []
+        self.loads: list[float] = [os.getloadavg()[0]]
 
     def generate(self) -> None:
         from ml_platform.core.datagen import GeneratorConfig, write_landing_files
@@ -508,6 +523,7 @@ class Bench:
         }
         env.pop("MLFLOW_TRACKING_URI", None)
         log_path = self.workdir / f"{label}.log"
+        self.loads.append(os.getloadavg()[0])
         started = time.perf_counter()
         with log_path.open("w") as stderr:
             code = subprocess.call(
@@ -517,6 +533,7 @@ class Bench:
                 stderr=stderr,
             )
         wall = time.perf_counter() - started
+        self.loads.append(os.getloadavg()[0])
         if code != 0 or not result_path.exists():
             tail = log_path.read_text().splitlines()[-25:]
             self.failures.append(f"{label}: exit code {code} (log {log_path})")
@@ -534,23 +551,36 @@ class Bench:
     def run(self) -> dict:
         args = self.args
         self.generate()
-        n_long, n_short = len(self.history), len(self.short_history)
+        n_long = len(self.history)
         keys = [d.isoformat() for d in self.new_days]
         out: dict = {}
-        log(f"\n[1/4] plain script: {n_long} days, training, predictions, {len(keys)} new days")
-        out["plain"] = self.child(
-            "plain",
-            self.root("plain", self.history),
-            mode="plain",
-            first_day=self.first.isoformat(),
-            days=n_long,
-            new_days=keys,
+        steps = 1 if args.only_graph else 4
+        if not args.only_graph:
+            log(f"\n[1/4] plain script: {n_long} days, training, predictions, {len(keys)} new days")
+            out["plain"] = self.child(
+                "plain",
+                self.root("plain", self.history),
+                mode="plain",
+                first_day=self.first.isoformat(),
+                days=n_long,
+                new_days=keys,
+            )
+        log(
+            f"\n[{2 if steps == 4 else 1}/{steps}] Dagster, {n_long} days: ingest backfill "
+            "(one run), training, predictions"
         )
-        log(f"\n[2/4] Dagster, {n_long} days: ingest backfill (one run), training, predictions")
         long_root = self.root("dagster_long", self.history)
         out["dagster_long"] = self.child(
             "dagster_long", long_root, mode="dagster", first_day=self.first.isoformat(), days=n_long
         )
+        if not args.only_graph:
+            self.run_histories(out, long_root)
+        if args.profile:
+            self.run_profiles(out)
+        return out
+
+    def run_histories(self, out: dict, long_root: Path) -> None:
+        n_long, n_short = len(self.history), len(self.short_history)
         log(f"\n[3/4] Dagster, {n_short} days of history: the same three runs")
         short_root = self.root("dagster_short", self.short_history)
         out["dagster_short"] = self.child(
@@ -575,35 +605,36 @@ class Bench:
                     stage = result["stages"]["new_day"]
                     bucket.append(result)
                     log(
-                        f"  {day} with {label} history: run {stage['seconds']:.2f}s, process "
-                        f"{result['process_seconds']:.1f}s; load {load_average()}"
+                        f"  {day} with {label} history: run {stage['seconds']:.2f}s "
+                        f"(CPU {stage['cpu']:.2f}s), process {result['process_seconds']:.1f}s"
                     )
-        if args.profile:
-            log(f"\n[profile] Dagster, {n_long} days, under cProfile (timings not used above)")
-            profile_root = self.root("dagster_profile", self.history)
-            out["profile"] = self.child(
-                "dagster_profile",
-                profile_root,
-                mode="dagster",
-                first_day=self.first.isoformat(),
-                days=n_long,
-                profile_dir=str(self.workdir),
-            )
-            link_landing(self.landing, profile_root / self.spec.landing.directory, self.new_days)
-            out["profile_new_day"] = self.child(
-                "profile_new_day",
-                profile_root,
-                mode="new_day",
-                new_day=self.new_days[0].isoformat(),
-                profile_dir=str(self.workdir),
-            )
-        return out
+
+    def run_profiles(self, out: dict) -> None:
+        n_long = len(self.history)
+        log(f"\n[profile] Dagster, {n_long} days, under cProfile (timings not used above)")
+        profile_root = self.root("dagster_profile", self.history)
+        out["profile"] = self.child(
+            "dagster_profile",
+            profile_root,
+            mode="dagster",
+            first_day=self.first.isoformat(),
+            days=n_long,
+            profile_dir=str(self.workdir),
+        )
+        link_landing(self.landing, profile_root / self.spec.landing.directory, self.new_days[:1])
+        out["profile_new_day"] = self.child(
+            "profile_new_day",
+            profile_root,
+            mode="new_day",
+            new_day=self.new_days[0].isoformat(),
+            profile_dir=str(self.workdir),
+        )
 
 
-def seconds_of(result: dict | None, stage: str) -> float | None:
+def stage_value(result: dict | None, stage: str, field: str = "seconds") -> float | None:
     if not result or stage not in result["stages"]:
         return None
-    return result["stages"][stage]["seconds"]
+    return result["stages"][stage][field]
 
 
 def fmt(value: float | None, spec: str = ".1f", unit: str = "") -> str:
@@ -614,96 +645,120 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def report(bench: Bench, out: dict) -> list[tuple[str, str, str, bool | None]]:
+def median_of(runs: list[dict], field: str) -> float | None:
+    """Median over successful new-day runs of `field` ("seconds", "cpu" or "process")."""
+    ok = [r for r in runs if r["stages"]["new_day"]["success"]]
+    if field == "process":
+        values = [r["process_seconds"] for r in ok]
+    else:
+        values = [r["stages"]["new_day"][field] for r in ok]
+    return statistics.median(values) if values else None
+
+
+Figure = tuple[str, str, str, str, bool | None]
+
+
+def report_graph(bench: Bench, out: dict) -> tuple[float | None, float | None]:
+    """The per-run table; returns the whole-graph ratio in wall time and in CPU time."""
     args, plain, long_ = bench.args, out.get("plain"), out.get("dagster_long")
-    n_long, n_short = len(bench.history), len(bench.short_history)
-    log("\n" + "=" * 96)
+    n_long = len(bench.history)
+    log("\n" + "=" * 105)
     log(f"Results: {args.stores} stores × {n_long} days ({args.stores * n_long:,} rows)")
-    log("=" * 96)
-    log(f"{'stage':<50}{'Dagster s':>12}{'plain s':>12}{'ratio':>10}{'Dagster peak':>16}")
-    stage_names = {
-        "ingest": f"ingest backfill, {n_long} partitions, one run",
-        "training": "training (training_set → challenger → promotion)",
-        "predictions": f"predictions, {n_long} partitions, one run",
-    }
-    total_d = total_p = 0.0
-    for stage, label in stage_names.items():
-        d, p = seconds_of(long_, stage), seconds_of(plain, stage)
-        total_d += d or 0.0
-        total_p += p or 0.0
-        rss = (
-            long_["stages"][stage]["peak_rss"] / MB if long_ and stage in long_["stages"] else None
-        )
-        log(
-            f"{label:<50}{fmt(d):>12}{fmt(p):>12}{fmt(ratio(d, p), '.2f'):>10}"
-            f"{fmt(rss, ',.0f', ' MB'):>16}"
-        )
-    complete = all(seconds_of(r, s) for r in (long_, plain) for s in stage_names)
-    graph_ratio = total_d / total_p if complete and total_p else None
+    log("=" * 105)
+    log(f"{'':<40}{'── wall seconds ──':^27}{'── CPU seconds ──':^27}")
     log(
-        f"{'whole graph':<50}{fmt(total_d if complete else None):>12}"
-        f"{fmt(total_p if complete else None):>12}{fmt(graph_ratio, '.2f'):>10}"
+        f"{'run':<40}{'Dagster':>9}{'plain':>9}{'ratio':>9}{'Dagster':>9}{'plain':>9}"
+        f"{'ratio':>9}{'peak RSS':>11}"
     )
+    stages = {
+        "ingest": f"ingest backfill ({n_long} partitions)",
+        "training": "training (set → challenger → promotion)",
+        "predictions": f"predictions ({n_long} partitions)",
+    }
+    totals = {"seconds": [0.0, 0.0], "cpu": [0.0, 0.0]}
+    for stage, label in stages.items():
+        row = f"{label:<40}"
+        for field in ("seconds", "cpu"):
+            d, p = stage_value(long_, stage, field), stage_value(plain, stage, field)
+            totals[field][0] += d or 0.0
+            totals[field][1] += p or 0.0
+            row += f"{fmt(d):>9}{fmt(p):>9}{fmt(ratio(d, p), '.2f'):>9}"
+        rss = stage_value(long_, stage, "peak_rss")
+        log(row + f"{fmt(rss and rss / MB, ',.0f', ' MB'):>11}")
+    complete = all(stage_value(r, s) for r in (long_, plain) for s in stages)
+    row, ratios = f"{'whole graph':<40}", []
+    for field in ("seconds", "cpu"):
+        d, p = totals[field] if complete else (None, None)
+        ratios.append(ratio(d, p))
+        row += f"{fmt(d):>9}{fmt(p):>9}{fmt(ratios[-1], '.2f'):>9}"
+    log(row)
     if long_:
         events = {k: s["events"] for k, s in long_["stages"].items()}
-        log(
-            "  not in the figures: Dagster process start-up (import, build_definitions, "
-            f"instance) {long_['setup_seconds']:.1f}s,\n  RSS after it "
-            f"{long_['setup_rss'] / MB:,.0f} MB; a daemon-launched run pays this every time"
-        )
         log(f"  event-log entries per run: {events}")
+        log(
+            "  not in the figures: Dagster process start-up (imports, build_definitions, "
+            f"instance) {long_['setup_seconds']:.1f}s, RSS after it "
+            f"{long_['setup_rss'] / MB:,.0f} MB"
+        )
     if plain:
-        log(f"  plain process peak RSS {plain['peak_rss'] / MB:,.0f} MB")
+        log(f"  plain script process peak RSS {plain['peak_rss'] / MB:,.0f} MB")
+    short = out.get("dagster_short")
+    if short:
+        log(
+            f"  {len(bench.short_history)}-day platform: ingest "
+            f"{fmt(stage_value(short, 'ingest'))}s, training {fmt(stage_value(short, 'training'))}"
+            f"s, predictions {fmt(stage_value(short, 'predictions'))}s"
+        )
+    return ratios[0], ratios[1]
 
+
+def report_new_days(bench: Bench, out: dict) -> None:
+    n_long, n_short = len(bench.history), len(bench.short_history)
     log(
-        f"\n{'new day (ingest job, one partition)':<50}{'run s':>12}{'process s':>12}"
-        f"{'events':>10}  materialised"
+        f"\n{'new day: ingest job, one partition':<40}{'run s':>9}{'CPU s':>9}{'process s':>11}"
+        f"{'events':>8}  materialised"
     )
     for runs, history in ((out.get("new_long", []), n_long), (out.get("new_short", []), n_short)):
         for r in runs:
             s = r["stages"]["new_day"]
+            label = f"  {r['new_day']}, {history} days of history"
             log(
-                f"{f'  {history} days of history':<50}{s['seconds']:>12.2f}"
-                f"{r['process_seconds']:>12.1f}{s['events']:>10}  {','.join(s['materialized'])}"
-                f"{'' if s['success'] else ' FAILED'} ({r['new_day']})"
+                f"{label:<40}{s['seconds']:>9.2f}{s['cpu']:>9.2f}{r['process_seconds']:>11.1f}"
+                f"{s['events']:>8}  {','.join(s['materialized'])}"
+                f"{'' if s['success'] else '  FAILED'}"
             )
+    plain = out.get("plain")
     if plain and plain.get("new_days"):
-        plain_days = [r["seconds"] for r in plain["new_days"]]
-        log(f"{'  plain script, same work (median)':<50}{statistics.median(plain_days):>12.2f}")
-
-    def median_run(runs: list[dict]) -> float | None:
-        ok = [r["stages"]["new_day"]["seconds"] for r in runs if r["stages"]["new_day"]["success"]]
-        return statistics.median(ok) if ok else None
-
-    def median_process(runs: list[dict]) -> float | None:
-        return statistics.median([r["process_seconds"] for r in runs]) if runs else None
-
-    new_long, new_short = median_run(out.get("new_long", [])), median_run(out.get("new_short", []))
-    backfill = seconds_of(long_, "ingest")
-    share = ratio(new_long, backfill)
-    history_ratio = ratio(new_long, new_short)
-    cold_share = ratio(median_process(out.get("new_long", [])), backfill)
-    cold_history = ratio(
-        median_process(out.get("new_long", [])), median_process(out.get("new_short", []))
-    )
+        wall = statistics.median(r["seconds"] for r in plain["new_days"])
+        cpu = statistics.median(r["cpu"] for r in plain["new_days"])
+        log(f"{'  plain script, same work, median':<40}{wall:>9.2f}{cpu:>9.2f}")
+    backfill = stage_value(out.get("dagster_long"), "ingest")
+    cold_long = median_of(out.get("new_long", []), "process")
+    cold_short = median_of(out.get("new_short", []), "process")
     log(
-        f"  median run: {fmt(new_long, '.2f')}s ({n_long} days) vs {fmt(new_short, '.2f')}s "
-        f"({n_short} days); as a fresh process (import + definitions + run): "
-        f"{fmt(cold_share, '.1%')} of the backfill, history ratio {fmt(cold_history, '.2f')}"
+        "  as fresh processes (start-up + run, what a daemon-launched run costs): "
+        f"{fmt(ratio(cold_long, backfill), '.1%')} of the backfill, "
+        f"history ratio {fmt(ratio(cold_long, cold_short), '.2f')}"
     )
-    peak = long_["peak_rss"] if long_ else None
+
+
+def report(bench: Bench, out: dict) -> list[Figure]:
+    graph_wall, graph_cpu = report_graph(bench, out)
+    if "new_long" in out:
+        report_new_days(bench, out)
+    long_ = out.get("dagster_long")
+    peak = long_["peak_rss"] / GB if long_ else None
     new_peak = max((r["peak_rss"] for r in out.get("new_long", [])), default=None)
     log(
-        f"\npeak RSS of the Dagster graph process: {fmt(peak and peak / GB, '.2f', ' GB')}; "
-        f"of a new-day run process: {fmt(new_peak and new_peak / GB, '.2f', ' GB')}"
+        f"\npeak RSS of the Dagster graph process {fmt(peak, '.2f', ' GB')}; "
+        f"of a new-day run process {fmt(new_peak and new_peak / GB, '.2f', ' GB')}"
     )
-    short = out.get("dagster_short")
-    if short:
-        log(
-            f"({n_short}-day platform: ingest {fmt(seconds_of(short, 'ingest'))}s, training "
-            f"{fmt(seconds_of(short, 'training'))}s, predictions "
-            f"{fmt(seconds_of(short, 'predictions'))}s)"
-        )
+    new_long, new_short = out.get("new_long", []), out.get("new_short", [])
+    share = [
+        ratio(median_of(new_long, f), stage_value(long_, "ingest", f)) for f in ("seconds", "cpu")
+    ]
+    history = [ratio(median_of(new_long, f), median_of(new_short, f)) for f in ("seconds", "cpu")]
+    n_long, n_short = len(bench.history), len(bench.short_history)
 
     def met(value: float | None, limit: float) -> bool | None:
         return None if value is None else value <= limit
@@ -712,26 +767,30 @@ def report(bench: Bench, out: dict) -> list[tuple[str, str, str, bool | None]]:
         (
             "1 whole graph, Dagster / plain script",
             f"≤ {TARGETS['graph_ratio']}",
-            fmt(graph_ratio, ".2f"),
-            met(graph_ratio, TARGETS["graph_ratio"]),
+            fmt(graph_wall, ".2f"),
+            fmt(graph_cpu, ".2f"),
+            met(graph_wall, TARGETS["graph_ratio"]),
         ),
         (
             "2 one new day / full ingest backfill",
             f"≤ {TARGETS['new_day_share']:.0%}",
-            fmt(share, ".2%"),
-            met(share, TARGETS["new_day_share"]),
+            fmt(share[0], ".2%"),
+            fmt(share[1], ".2%"),
+            met(share[0], TARGETS["new_day_share"]),
         ),
         (
             f"3 new day, {n_long} / {n_short} days of history",
             f"≤ {TARGETS['history_ratio']}",
-            fmt(history_ratio, ".2f"),
-            met(history_ratio, TARGETS["history_ratio"]),
+            fmt(history[0], ".2f"),
+            fmt(history[1], ".2f"),
+            met(history[0], TARGETS["history_ratio"]),
         ),
         (
             "4 peak RSS, Dagster graph process",
             f"≤ {TARGETS['peak_rss_gb']:.1f} GB",
-            fmt(peak and peak / GB, ".2f", " GB"),
-            met(peak and peak / GB, TARGETS["peak_rss_gb"]),
+            fmt(peak, ".2f", " GB"),
+            "",
+            met(peak, TARGETS["peak_rss_gb"]),
         ),
     ]
 
@@ -831,6 +890,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pipeline", default="sales_forecast")
     parser.add_argument("--workdir", type=Path, help="where temp roots go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the temp roots afterwards")
+    parser.add_argument(
+        "--only-graph", action="store_true", help="run only the full-history Dagster graph"
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -884,11 +946,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not (args.keep or args.profile):
             shutil.rmtree(workdir, ignore_errors=True)
-    log("\nSummary" + f" (load average now {load_average()}, {time.monotonic() - started:.0f}s)")
-    log(f"  {'figure':<46}{'target':>10}{'measured':>12}  verdict")
-    for figure, target, measured, ok in summary:
+    cores, busiest = os.cpu_count() or 1, max(bench.loads)
+    log(
+        f"\nSummary ({time.monotonic() - started:.0f}s; 1-minute load average between "
+        f"{min(bench.loads):.1f} and {busiest:.1f} on {cores} cores)"
+    )
+    log(f"  {'figure':<46}{'target':>10}{'wall':>10}{'CPU':>10}  verdict (on wall time)")
+    for figure, target, wall, cpu, ok in summary:
         verdict = "not measured" if ok is None else ("met" if ok else "NOT MET")
-        log(f"  {figure:<46}{target:>10}{measured:>12}  {verdict}")
+        log(f"  {figure:<46}{target:>10}{wall:>10}{cpu:>10}  {verdict}")
+    if busiest > cores:
+        log(
+            "  The machine was busy (load above its core count): wall times stretch unevenly "
+            "between runs\n  measured minutes apart, so read the CPU-time column as well."
+        )
     for failure in bench.failures:
         log(f"  failure: {failure}")
     if args.keep or args.profile:
