@@ -122,6 +122,20 @@ def run_job(root: Path, job_name: str, partition: str | None = None, selection=N
     )
 
 
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
+    """Poll until the predicate returns something truthy; fail with `what` at the deadline."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(poll)
+
+
 def failure_messages(result) -> str:
     return "\n".join(
         event.step_failure_data.error.message

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -36,7 +36,13 @@ from ml_platform.automation.sensors import (
 )
 from ml_platform.core.storage import md5_file
 from ml_platform.specs import SPEC_DIR, PipelineSpec, load_spec
-from ml_platform_tests.conftest import REPO_ROOT, generate, make_platform_root, registry_for
+from ml_platform_tests.conftest import (
+    REPO_ROOT,
+    generate,
+    make_platform_root,
+    registry_for,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -53,18 +59,6 @@ TERMINAL = {
     dg.DagsterRunStatus.FAILURE,
     dg.DagsterRunStatus.CANCELED,
 }
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, poll: float = 0.5):
-    """Poll until the predicate returns something truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(poll)
 
 
 def e2e_spec_dir(target: Path, interval: int = SENSOR_INTERVAL_SECONDS, **drift) -> Path:

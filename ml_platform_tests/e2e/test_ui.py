@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +31,7 @@ import pytest
 
 from ml_platform.instance import DAGSTER_YAML
 from ml_platform.specs import PipelineSpec
-from ml_platform_tests.conftest import REPO_ROOT, generate, make_platform_root
+from ml_platform_tests.conftest import REPO_ROOT, generate, make_platform_root, wait_for
 from ml_platform_tests.integration.test_definitions import EXPECTED_EDGES
 
 if TYPE_CHECKING:
@@ -101,18 +101,6 @@ MATERIALIZATIONS = """query Materializations($path: [String!]!, $partitions: [St
     ... on Asset { assetMaterializations(partitions: $partitions, limit: 1) { runId partition } }
   }
 }"""
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 1.0) -> Any:
-    """Poll until the predicate returns something truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(poll)
 
 
 def free_port() -> int:
