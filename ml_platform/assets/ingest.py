@@ -85,9 +85,12 @@ def build_ingest_assets(
     def validated(context: dg.AssetExecutionContext, raw: dict[str, pd.DataFrame]) -> Iterator:
         days = {d.isoformat(): d for d in partition_dates(context)}
         results, errors = {}, []
-        for key, batch in raw.items():
+        for key in list(raw):
             try:
-                results[key] = validate_batch(batch, spec.contract, days[key])
+                # Encode as we go and drop the frames: a backfill holds only bytes in memory.
+                results[key] = _encoded_result(
+                    validate_batch(raw.pop(key), spec.contract, days[key])
+                )
             except ContractViolation as exc:
                 errors.append((key, exc))
         if errors:
@@ -143,30 +146,35 @@ def _failed_contract_check(key: dg.AssetKey, errors: list) -> dg.AssetCheckResul
     )
 
 
-def _validated_outputs(context, results, validated_key, quarantine_key) -> Iterator:
-    valid = {k: encode_frame(r.valid) for k, r in results.items()}
-    quarantined = {k: encode_frame(r.quarantine) for k, r in results.items()}
-    details = {
-        k: {
-            "rows_in": r.n_rows,
-            "rows_quarantined": len(r.quarantine),
-            "quarantine_fraction": float(r.quarantine_fraction),
-            "failure_cases": markdown_table(r.failure_summary),
-        }
-        for k, r in results.items()
+def _encoded_result(result) -> dict:
+    """What the outputs need from one partition's validation, without keeping its frames."""
+    return {
+        "valid": encode_frame(result.valid),
+        "quarantine": encode_frame(result.quarantine),
+        "n_rows": result.n_rows,
+        "details": {
+            "rows_in": result.n_rows,
+            "rows_quarantined": len(result.quarantine),
+            "quarantine_fraction": float(result.quarantine_fraction),
+            "failure_cases": markdown_table(result.failure_summary),
+        },
+        "reasons": {"reasons": markdown_table(result.quarantine[[REASONS_COLUMN]].head(20))},
     }
+
+
+def _validated_outputs(context, results, validated_key, quarantine_key) -> Iterator:
+    valid = {k: r["valid"] for k, r in results.items()}
+    details = {k: r["details"] for k, r in results.items()}
     yield partitioned_output(
         context, valid, details, output_name="validated", asset_key=validated_key
     )
-    reasons = {
-        k: {"reasons": markdown_table(r.quarantine[[REASONS_COLUMN]].head(20))}
-        for k, r in results.items()
-    }
+    quarantined = {k: r["quarantine"] for k, r in results.items()}
+    reasons = {k: r["reasons"] for k, r in results.items()}
     yield partitioned_output(
         context, quarantined, reasons, output_name="quarantine", asset_key=quarantine_key
     )
-    total_in = sum(r.n_rows for r in results.values())
-    total_q = sum(len(r.quarantine) for r in results.values())
+    total_in = sum(r["n_rows"] for r in results.values())
+    total_q = sum(r["quarantine"].rows for r in results.values())
     yield dg.AssetCheckResult(
         check_name=CONTRACT_CHECK,
         asset_key=validated_key,

@@ -16,10 +16,8 @@ def partition_dates(context: dg.AssetExecutionContext) -> list[date]:
     return [date.fromisoformat(k) for k in context.partition_keys]
 
 
-def column_schema(frame: pd.DataFrame) -> dg.TableSchema:
-    return dg.TableSchema(
-        columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in frame.dtypes.items()]
-    )
+def column_schema(encoded: EncodedFrame) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(name=c, type=t) for c, t in encoded.dtypes])
 
 
 def markdown_table(frame: pd.DataFrame, max_rows: int = 20) -> dg.MetadataValue:
@@ -52,7 +50,7 @@ def partitioned_output(
         key: {
             "md5": versions[key],
             "dagster/row_count": value.rows,
-            "dagster/column_schema": column_schema(value.frame),
+            "dagster/column_schema": column_schema(value),
             **extra.get(key, {}),
         }
         for key, value in encoded.items()
@@ -82,7 +80,7 @@ def frame_output(encoded: EncodedFrame, metadata: Mapping[str, Any]) -> dg.Outpu
         metadata={
             "md5": encoded.md5,
             "dagster/row_count": encoded.rows,
-            "dagster/column_schema": column_schema(encoded.frame),
+            "dagster/column_schema": column_schema(encoded),
             **metadata,
         },
     )

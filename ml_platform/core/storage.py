@@ -18,15 +18,16 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class EncodedFrame:
-    """A frame with its parquet bytes and their md5, ready to be written as is."""
+    """Parquet bytes, their md5 and the frame's shape, ready to be written as is.
 
-    frame: pd.DataFrame
+    The frame itself is not kept: a 730-day backfill holds every partition's bytes until the IO
+    manager writes them, and keeping the frames as well doubled peak memory.
+    """
+
     payload: bytes
     md5: str
-
-    @property
-    def rows(self) -> int:
-        return len(self.frame)
+    rows: int
+    dtypes: tuple[tuple[str, str], ...]
 
 
 def encode_frame(frame: pd.DataFrame) -> EncodedFrame:
@@ -34,7 +35,8 @@ def encode_frame(frame: pd.DataFrame) -> EncodedFrame:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False, engine="pyarrow", compression="zstd")
     payload = buffer.getvalue()
-    return EncodedFrame(frame, payload, hashlib.md5(payload).hexdigest())
+    dtypes = tuple((str(c), str(t)) for c, t in frame.dtypes.items())
+    return EncodedFrame(payload, hashlib.md5(payload).hexdigest(), len(frame), dtypes)
 
 
 def md5_bytes(data: bytes) -> str:
