@@ -192,14 +192,14 @@ def plain_child(cfg: dict) -> dict:
     from ml_platform.core.contracts import read_landing_file, validate_batch
     from ml_platform.core.features import build_features, split_by_day
     from ml_platform.core.storage import atomic_write, encode_frame, md5_file
-    from ml_platform.resources.online_store import OnlineStore
+    from ml_platform.resources.online_store import OnlineStore, online_store_url
     from ml_platform.resources.registry import ModelRegistry
 
     root = Path(cfg["root"])
     spec = load_pipeline_spec(cfg["pipeline"], root)
     days = day_range(date.fromisoformat(cfg["first_day"]), cfg["days"])
     landing, data = root / spec.landing.directory, root / "data" / spec.name
-    online = OnlineStore(path=str(root / ".ml_platform" / "online_store.sqlite"))
+    online = OnlineStore(url=online_store_url(root))
     registry = ModelRegistry(
         tracking_uri=f"sqlite:///{root / '.ml_platform' / 'mlflow.db'}",
         artifact_root=str(root / ".ml_platform" / "mlartifacts"),

@@ -140,6 +140,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0  # unreachable: exec replaces this process
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ml_platform.serving.server import serve
+
+    serve(Path.cwd(), args.host, args.port, args.workers, args.reload_seconds, args.access_log)
+    return 0
+
+
 def cmd_drift(argv: list[str]) -> int:
     from ml_platform.drift_cli import drift_command
 
@@ -202,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(func=cmd_dev)
+
+    srv = sub.add_parser("serve", help="real-time predictions over HTTP (champion + canary)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--workers", type=int, default=None, help="default: one per core")
+    srv.add_argument("--reload-seconds", type=float, default=5.0, help="registry poll interval")
+    srv.add_argument("--access-log", action="store_true", help="log every request (slower)")
+    srv.set_defaults(func=cmd_serve)
 
     sub.add_parser("drift", help="compare two CSV/parquet files for drift", add_help=False)
     return parser

@@ -5,7 +5,6 @@ Building it reads the spec files and nothing else: no MLflow, DVC or network acc
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -18,23 +17,13 @@ from ml_platform.automation.sensors import build_automation, build_failure_senso
 from ml_platform.instance import tune_embedded_sqlite
 from ml_platform.resources.io_manager import ParquetIOManager
 from ml_platform.resources.online_store import OnlineStore
-from ml_platform.resources.platform import PlatformPaths, default_root
+from ml_platform.resources.platform import PlatformPaths
 from ml_platform.resources.registry import ModelRegistry
 from ml_platform.resources.tracking import mlflow_tracking
-from ml_platform.specs import SPEC_DIR, load_specs
+from ml_platform.settings import default_root, mlflow_uri, online_store_url, spec_dir_from_env
+from ml_platform.specs import load_specs
 
-
-def mlflow_uri(root: Path) -> str:
-    """`MLFLOW_TRACKING_URI` in production; SQLite under `.ml_platform/` by default."""
-    return (
-        os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / '.ml_platform' / 'mlflow.db'}"
-    )
-
-
-def spec_dir_from_env() -> Path:
-    """`ML_PLATFORM_SPEC_DIR` if set (tests with short sensor intervals, a second deployment),
-    else the packaged specs."""
-    return Path(os.environ.get("ML_PLATFORM_SPEC_DIR") or SPEC_DIR)
+__all__ = ["build_definitions", "defs", "mlflow_uri", "spec_dir_from_env"]
 
 
 def build_definitions(root: Path | None = None, spec_dir: Path | None = None) -> dg.Definitions:
@@ -47,7 +36,7 @@ def build_definitions(root: Path | None = None, spec_dir: Path | None = None) ->
         "paths": PlatformPaths(root=str(root)),
         "parquet_io": ParquetIOManager(base_dir=str(root / "data")),
         "registry": ModelRegistry(tracking_uri=tracking_uri, artifact_root=artifact_root),
-        "online_store": OnlineStore(path=str(root / ".ml_platform" / "online_store.sqlite")),
+        "online_store": OnlineStore(url=online_store_url(root)),
     }
     assets, jobs, sensors, schedules = [], [], [], []
     for spec in specs:

@@ -95,8 +95,34 @@ class PromotionSpec(_Strict):
     baseline_seasonal_period_days: int = Field(7, ge=1)
 
 
+class CanarySpec(_Strict):
+    """Flagger-style analysis: step weights, per-metric limits and a failure threshold."""
+
+    step_weights: list[int] = [5, 25, 50, 100]
+    interval_seconds: int = Field(60, ge=1)
+    failure_threshold: int = Field(2, ge=1)
+    max_inconclusive: int = Field(10, ge=1)
+    min_requests: int = Field(20, ge=1)
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_p99_latency_ms: float = Field(100.0, gt=0)
+    max_prediction_psi: float = Field(0.2, gt=0)
+    max_mae_ratio: float = Field(1.1, gt=0)
+    min_labelled: int = Field(20, ge=1)
+
+    @field_validator("step_weights")
+    @classmethod
+    def _ramp(cls, weights: list[int]) -> list[int]:
+        if not weights or weights != sorted(set(weights)) or weights[0] < 1 or weights[-1] != 100:
+            raise ValueError(
+                "step_weights must rise strictly from >= 1 to 100, e.g. [5, 25, 50, 100]"
+            )
+        return weights
+
+
 class DeploymentSpec(_Strict):
     mode: Literal["direct", "canary"] = "direct"
+    max_batch_entities: int = Field(1000, ge=1, le=100_000)
+    canary: CanarySpec = CanarySpec()
 
 
 class DriftSpec(_Strict):

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 from pathlib import Path
 
 import dagster as dg
 
+from ml_platform.settings import default_root
 from ml_platform.specs import PipelineSpec
 
+__all__ = ["PlatformPaths", "default_root", "git_commit", "source_hash"]
+
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
-
-
-def default_root() -> Path:
-    """The project root: `ML_PLATFORM_ROOT` if set, else the working directory."""
-    return Path(os.environ.get("ML_PLATFORM_ROOT") or Path.cwd()).resolve()
 
 
 class PlatformPaths(dg.ConfigurableResource):

@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import yaml
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ml_platform.serving.loader import load_version, registry_client
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 CANARY = "canary"
+CANARY_WEIGHT_TAG = "ml_platform.canary_weight"
 PREVIOUS = "previous"
 FINGERPRINT_TAG = "ml_platform.fingerprint"
 REFERENCE_ARTIFACT = "drift_reference/reference.parquet"
@@ -32,7 +34,7 @@ class ModelRegistry(dg.ConfigurableResource):
     artifact_root: str
 
     def client(self) -> MlflowClient:
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return registry_client(self.tracking_uri)
 
     def ensure_experiment(self, name: str) -> str:
         """Create the experiment with an artifact root we choose (MLflow's default is ./mlruns)."""
@@ -102,29 +104,7 @@ class ModelRegistry(dg.ConfigurableResource):
         self, name: str, alias: str, trusted_types: list[str]
     ) -> tuple[Any, ModelVersion]:
         """Load the version behind `alias` with skops, trusting only `trusted_types`."""
-        import mlflow.artifacts
-        import skops.io
-
         version = self.alias_version(name, alias)
         if version is None:
             raise LookupError(f"registered model {name!r} has no {alias!r} alias yet")
-        # Resolve through our own client: a `models:/` URI would use MLflow's global registry URI.
-        source = self.client().get_model_version_download_uri(name, version.version)
-        local = Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=self.tracking_uri)
-        )
-        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"].get("sklearn", {})
-        if flavor.get("serialization_format") != "skops":
-            raise ValueError(
-                f"{name} v{version.version} is not stored in skops format; refusing to load it"
-            )
-        model_file = local / flavor.get("pickled_model", "model.skops")
-        untrusted = [
-            t for t in skops.io.get_untrusted_types(file=model_file) if t not in trusted_types
-        ]
-        if untrusted:
-            raise ValueError(
-                f"{name} v{version.version} contains types not in the spec's "
-                f"skops_trusted_types: {untrusted}"
-            )
-        return skops.io.load(model_file, trusted=trusted_types), version
+        return load_version(self.client(), name, version.version, trusted_types), version

@@ -1,0 +1,131 @@
+"""What one serving worker holds for a pipeline: its champion, its canary and the canary's weight.
+
+The registry is the single source of truth: the `champion` and `canary` aliases say which versions
+serve, and the registered model's `ml_platform.canary_weight` tag says what share of entities the
+canary gets. A background thread polls it and swaps in a new immutable `Snapshot` when anything
+moved. A request reads the snapshot once, so a reload never fails a request in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from ml_platform.serving.loader import load_version
+from ml_platform.specs import PipelineSpec
+
+log = logging.getLogger("ml_platform.serving")
+
+CHAMPION = "champion"
+CANARY = "canary"
+CANARY_WEIGHT_TAG = "ml_platform.canary_weight"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: int
+    model: Any
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    champion: LoadedModel | None = None
+    canary: LoadedModel | None = None
+    canary_weight: float = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "champion": None if self.champion is None else self.champion.version,
+            "canary": None if self.canary is None else self.canary.version,
+            "canary_weight": self.canary_weight,
+        }
+
+
+def canary_weight(tags: dict[str, str], spec: PipelineSpec) -> float:
+    """The canary's share in percent: the tag the canary sensor sets, else the first step."""
+    try:
+        weight = float(tags.get(CANARY_WEIGHT_TAG, spec.deployment.canary.step_weights[0]))
+    except ValueError:
+        return 0.0
+    return min(max(weight, 0.0), 100.0)
+
+
+class ModelSlots:
+    """The current `Snapshot` for one pipeline, refreshed from the registry."""
+
+    def __init__(self, spec: PipelineSpec, client: MlflowClient) -> None:
+        self.spec = spec
+        self.client = client
+        self.snapshot = Snapshot()
+        self.last_error: str | None = None
+
+    def refresh(self) -> bool:
+        """Re-read aliases and weight; load changed versions. True when the snapshot changed."""
+        try:
+            registered = self.client.get_registered_model(self.spec.name)
+        except MlflowException:
+            self.last_error = f"no registered model {self.spec.name!r} yet"
+            return False
+        aliases = registered.aliases or {}
+        current = self.snapshot
+        champion = self._resolve(aliases.get(CHAMPION), current.champion, CHAMPION)
+        canary = self._resolve(aliases.get(CANARY), current.canary, CANARY)
+        weight = canary_weight(registered.tags or {}, self.spec) if canary is not None else 0.0
+        new = Snapshot(champion=champion, canary=canary, canary_weight=weight)
+        if new == current:
+            return False
+        self.snapshot = new
+        log.info("%s now serves %s", self.spec.name, new.describe())
+        return True
+
+    def _resolve(
+        self, version: str | None, loaded: LoadedModel | None, alias: str
+    ) -> LoadedModel | None:
+        if version is None:
+            return None
+        if loaded is not None and str(loaded.version) == str(version):
+            return loaded
+        try:
+            model = load_version(
+                self.client, self.spec.name, version, self.spec.model.skops_trusted_types
+            )
+        except Exception as exc:  # keep serving what we have rather than nothing
+            self.last_error = f"could not load {self.spec.name} v{version} ({alias}): {exc}"
+            log.error(self.last_error)
+            return loaded if alias == CHAMPION else None
+        self.last_error = None
+        return LoadedModel(version=int(version), model=model)
+
+
+class Reloader:
+    """Polls the registry every `interval` seconds on a daemon thread."""
+
+    def __init__(self, slots: list[ModelSlots], interval: float) -> None:
+        self.slots = slots
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="model-reloader", daemon=True)
+
+    def refresh_all(self) -> None:
+        for slot in self.slots:
+            try:
+                slot.refresh()
+            except Exception:  # never let one bad poll kill the thread
+                log.exception("refreshing %s from the registry failed", slot.spec.name)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.refresh_all()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
