@@ -11,6 +11,7 @@ import dagster as dg
 
 from ml_platform.assets.factory import build_pipeline_assets
 from ml_platform.assets.modeling import tracking_key
+from ml_platform.automation.canary_sensor import build_canary_sensor
 from ml_platform.automation.jobs import build_jobs
 from ml_platform.automation.ledger import build_dvc_recorder
 from ml_platform.automation.sensors import build_automation, build_failure_sensor
@@ -43,7 +44,7 @@ def build_definitions(root: Path | None = None, spec_dir: Path | None = None) ->
         assets.extend(build_pipeline_assets(spec))
         jobs.extend(build_jobs(spec))
         spec_sensors, spec_schedules = build_automation(spec)
-        sensors.extend(spec_sensors)
+        sensors.extend([*spec_sensors, build_canary_sensor(spec)])
         schedules.extend(spec_schedules)
         resources[tracking_key(spec)] = mlflow_tracking.configured(
             {

@@ -106,6 +106,7 @@ class CanarySpec(_Strict):
     max_error_rate: float = Field(0.01, ge=0, le=1)
     max_p99_latency_ms: float = Field(100.0, gt=0)
     max_prediction_psi: float = Field(0.2, gt=0)
+    min_predictions: int = Field(200, ge=1)  # PSI on fewer predictions is noise, not evidence
     max_mae_ratio: float = Field(1.1, gt=0)
     min_labelled: int = Field(20, ge=1)
 

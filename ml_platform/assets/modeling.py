@@ -29,6 +29,7 @@ from ml_platform.resources.registry import (
     REFERENCE_ARTIFACT,
     ModelRegistry,
 )
+from ml_platform.serving.canary_release import release_canary
 from ml_platform.specs import PipelineSpec
 
 REFERENCE_ROWS = 50_000
@@ -149,11 +150,16 @@ def build_modeling_assets(
         registry.client().set_tag(
             candidate.run_id, "promotion.decision", tags["promotion.decision"]
         )
-        alias = CANARY if spec.deployment.mode == "canary" else CHAMPION
+        # A first model has no champion to canary against: it becomes champion directly.
+        canary_mode = spec.deployment.mode == "canary" and incumbent is not None
+        alias = CANARY if canary_mode else CHAMPION
         if decision.promote:
             if incumbent is not None and alias == CHAMPION:
                 registry.set_alias(name, PREVIOUS, incumbent.version)
-            registry.set_alias(name, alias, candidate.version)
+            if alias == CANARY:
+                release_canary(registry.client(), spec, candidate.version)
+            else:
+                registry.set_alias(name, alias, candidate.version)
             record_alias_change(
                 paths.audit_log(spec),
                 name,

@@ -16,13 +16,18 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ml_platform.serving.loader import load_version, registry_client
+from ml_platform.serving.loader import (
+    CANARY,
+    CANARY_WEIGHT_TAG,
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS,
+    load_version,
+    registry_client,
+)
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-CANARY = "canary"
-CANARY_WEIGHT_TAG = "ml_platform.canary_weight"
-PREVIOUS = "previous"
+__all__ = ["CANARY", "CANARY_WEIGHT_TAG", "CHALLENGER", "CHAMPION", "PREVIOUS", "ModelRegistry"]
+
 FINGERPRINT_TAG = "ml_platform.fingerprint"
 REFERENCE_ARTIFACT = "drift_reference/reference.parquet"
 

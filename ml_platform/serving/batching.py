@@ -150,6 +150,10 @@ class BatchPredictor:
                 predictions[use_canary] = values
                 for index in np.flatnonzero(use_canary):
                     served_by[index] = snapshot.canary
+                # The champion's answer for the same entities: canary analysis compares like
+                # with like, not the canary's few sticky entities with everyone else's.
+                shadow = self._model_predict(snapshot.champion, matrix[use_canary])
+                self.metrics.record_shadow(self.spec.name, snapshot.champion.version, shadow)
             except Exception:
                 log.exception("canary v%s failed; the champion answers", snapshot.canary.version)
                 canary_failed = True

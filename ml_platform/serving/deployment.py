@@ -16,14 +16,10 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ml_platform.serving.loader import load_version
+from ml_platform.serving.loader import CANARY, CANARY_WEIGHT_TAG, CHAMPION, load_version
 from ml_platform.specs import PipelineSpec
 
 log = logging.getLogger("ml_platform.serving")
-
-CHAMPION = "champion"
-CANARY = "canary"
-CANARY_WEIGHT_TAG = "ml_platform.canary_weight"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,13 @@ from typing import Any
 import yaml
 from mlflow.tracking import MlflowClient
 
+# Registry conventions shared by the Dagster assets, the serving app and the canary sensor.
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+CANARY = "canary"
+PREVIOUS = "previous"
+CANARY_WEIGHT_TAG = "ml_platform.canary_weight"
+
 
 def registry_client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

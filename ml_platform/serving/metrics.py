@@ -28,6 +28,7 @@ from ml_platform.core.canary import (
 
 LABELS = ("pipeline", "variant", "version")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SHADOW = "shadow"  # variant label of champion predictions made for canary-routed entities
 
 
 class ServingMetrics:
@@ -92,6 +93,12 @@ class ServingMetrics:
             return
         for value in values:
             predictions.observe(value)
+
+    def record_shadow(self, pipeline: str, version: int, values) -> None:
+        """Champion predictions for canary-routed entities (not served; for the analysis)."""
+        series = self._series(pipeline, SHADOW, version)[3]
+        for value in values:
+            series.observe(value)
 
     def observe_latency(self, pipeline: str, predictions: list[dict], seconds: float) -> None:
         served = {(p["variant"], p["model_version"]) for p in predictions}

@@ -1,0 +1,359 @@
+"""Serving throughput and latency: `ml-platform serve` against `mlflow models serve`, same model.
+
+    .venv/bin/python bench/serving.py [--quick] [--root DIR] [--save] [--strict] [--keep]
+
+A trained platform is built in a temporary root (`ml-platform generate --stores 40 --products 3
+--days 300 --seed 5`, then `ml-platform demo`: champion v1, 120 entities online), or `--root DIR`
+is reused when it already has a champion. The champion version is downloaded from the registry
+and served by MLflow's own scoring server, which is fed the very feature row our app looks up for
+the same entity. Three servers run one at a time, each alone under load:
+
+- ours: `ml-platform serve --workers 2`, `POST /v1/sales_forecast/predict` with entity keys;
+- mlflow-best: `mlflow models serve --workers 2` with `OMP_NUM_THREADS=1`;
+- mlflow-default: `mlflow models serve` with its defaults (one worker, no thread limit).
+
+Each gets a 3 s warm-up, then wrk (`apt-get install wrk`) at 1 and 8 connections, 15 s each (5 s
+with `--quick`), one entity per request, cycling over all entities (`bench/wrk_predict.lua`).
+Afterwards our answers for 5 entities must equal MLflow's (clipped at 0, as ours are). Targets:
+ours/mlflow-best req/s at 8 connections >= 3.0, our p99 at 8 connections <= 25 ms, no errors.
+Exit status: 2 without wrk, 1 on a failed run (or a missed target with `--strict`), else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import NamedTuple
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+BIN = Path(sys.prefix) / "bin"
+LUA = Path(__file__).with_name("wrk_predict.lua")
+PIPELINE = "sales_forecast"
+LOADS = ((1, 1), (8, 2))  # (connections, wrk threads)
+MIN_RATIO, MAX_P99_MS, PARITY_N = 3.0, 25.0, 5
+# Settings that would point a child at another root or fix its thread pools.
+SCRUBBED = (
+    "ML_PLATFORM_ROOT", "ML_PLATFORM_SPEC_DIR", "ML_PLATFORM_ONLINE_STORE_URL", "DAGSTER_HOME",
+    "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)  # fmt: skip
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    return {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", **extra}
+
+
+def run_logged(command: list[str], cwd: Path, log: Path) -> None:
+    with log.open("ab") as out:
+        done = subprocess.run(command, cwd=cwd, env=child_env(), stdout=out, stderr=out)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed; see {log}:\n{tail(log)}")
+
+
+def tail(log: Path, lines: int = 25) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def tracking_uri(root: Path) -> str:
+    return f"sqlite:///{root}/.ml_platform/mlflow.db"
+
+
+def champion_version(root: Path) -> str | None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    if not (root / ".ml_platform" / "mlflow.db").exists():
+        return None
+    try:
+        client = MlflowClient(tracking_uri=tracking_uri(root), registry_uri=tracking_uri(root))
+        return client.get_model_version_by_alias(PIPELINE, "champion").version
+    except MlflowException:
+        return None
+
+
+def build_platform(root: Path, logs: Path) -> None:
+    """A trained platform under `root`: landing files, features, champion v1, online store."""
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "params.yaml").exists():
+        shutil.copy(REPO_ROOT / "params.yaml", root / "params.yaml")
+    cli = str(BIN / "ml-platform")
+    gen = [cli, "generate", "--stores", "40", "--products", "3", "--days", "300", "--seed", "5"]
+    run_logged(gen, root, logs / "setup.log")
+    run_logged([cli, "demo"], root, logs / "setup.log")
+
+
+def download_champion(root: Path, version: str, into: Path) -> Path:
+    """The champion's MLflow model folder, resolved through the root's own registry."""
+    import mlflow.artifacts
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(root)
+    source = MlflowClient(uri, uri).get_model_version_download_uri(PIPELINE, version)
+    return Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=uri, dst_path=into)
+    )
+
+
+def online_rows(root: Path) -> list[tuple[str, dict]]:
+    """(entity id, feature row) for every entity in the online store, sorted by entity id."""
+    path = root / ".ml_platform" / "online_store.sqlite"
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        found = conn.execute(
+            "SELECT entity, row FROM features WHERE pipeline = ? ORDER BY entity", [PIPELINE]
+        ).fetchall()
+    return [(entity, json.loads(row)) for entity, row in found]
+
+
+def ours_body(spec, entities: list[tuple[str, dict]]) -> str:
+    keys = spec.entity_keys
+    return json.dumps({"entities": [{k: row[k] for k in keys} for _, row in entities]})
+
+
+def mlflow_body(spec, entities: list[tuple[str, dict]]) -> str:
+    columns = list(spec.feature_columns)
+    data = [[row[c] for c in columns] for _, row in entities]
+    return json.dumps({"dataframe_split": {"columns": columns, "data": data}})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def post(url: str, body: str) -> dict:
+    request = urllib.request.Request(
+        url, body.encode(), {"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, workers: int) -> None:
+    """Ready when `url` answers 200 and every worker has logged that its startup completed, so
+    keep-alive connections are not all accepted by the first worker up."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{tail(log)}")
+        started = log.read_text(errors="replace").count("Application startup complete")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200 and started >= workers:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready after 180 s:\n{tail(log)}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (uvicorn master and workers), SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def wrk(url: str, bodies: Path, connections: int, threads: int, seconds: float) -> dict:
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    command += ["-s", str(LUA), url, "--", str(bodies)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    lines = [x for x in out.stdout.splitlines() if x.startswith("WRK_JSON ")]
+    if out.returncode or not lines:
+        raise RuntimeError(f"wrk failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    result = json.loads(lines[-1].removeprefix("WRK_JSON "))
+    latency, errors = result["latency_us"], result["errors"]
+    return {
+        "rps": result["requests"] / (result["duration_us"] / 1e6),
+        "p50_ms": latency["p50"] / 1000,
+        "p99_ms": latency["p99"] / 1000,
+        "errors": sum(errors.values()),
+        "error_kinds": {k: v for k, v in errors.items() if v},
+        "requests": result["requests"],
+    }
+
+
+class Server(NamedTuple):
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    ready_url: str
+    url: str
+    workers: int
+    bodies: Path  # one request body per line, one entity each
+    parity_body: str  # the first PARITY_N entities in one request
+
+
+def ours_server(bodies: Path, parity_body: str) -> Server:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [str(BIN / "ml-platform"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    return Server(
+        "ours",
+        [*command, "--workers", "2"],
+        child_env(),
+        f"{base}/readyz",
+        f"{base}/v1/{PIPELINE}/predict",
+        2,
+        bodies,
+        parity_body,
+    )
+
+
+def mlflow_server(
+    name: str, model_dir: Path, workers: int | None, bodies: Path, parity_body: str
+) -> Server:
+    """MLflow's scoring server; with `workers`, also one native thread each (its best setup)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [str(BIN / "mlflow"), "models", "serve", "-m", str(model_dir)]
+    command += ["--env-manager", "local", "--host", "127.0.0.1", "-p", str(port)]
+    # MLflow 3 gates every sklearn format, skops included, behind this flag (default: true).
+    env = {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}
+    if workers:
+        command += ["--workers", str(workers)]
+        env["OMP_NUM_THREADS"] = "1"
+    return Server(
+        name,
+        command,
+        child_env(**env),
+        f"{base}/ping",
+        f"{base}/invocations",
+        workers or 1,
+        bodies,
+        parity_body,
+    )
+
+
+def measure(server: Server, cwd: Path, seconds: float, logs: Path) -> dict:
+    """Start one server, load it at each concurrency, ask it the parity question, stop it."""
+    log = logs / f"{server.name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            server.command, cwd=cwd, env=server.env, stdout=out, stderr=out, start_new_session=True
+        )
+    try:
+        wait_ready(proc, server.ready_url, log, server.workers)
+        wrk(server.url, server.bodies, 8, 2, 3)  # warm-up: first predictions, allocator, caches
+        runs = {}
+        for connections, threads in LOADS:
+            load = os.getloadavg()[0]
+            run = wrk(server.url, server.bodies, connections, threads, seconds)
+            runs[connections] = {**run, "load_before": load}
+            print(f"  {server.name:<15} c{connections}: {run['rps']:8.1f} req/s", flush=True)
+        return {"runs": runs, "parity": post(server.url, server.parity_body)["predictions"]}
+    finally:
+        stop(proc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5 s per load instead of 15 s")
+    parser.add_argument("--root", type=Path, help="reuse (or build) a platform in this folder")
+    parser.add_argument("--save", action="store_true", help="write bench/results/serving.json")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder and logs")
+    args = parser.parse_args(argv)
+    args.seconds = 5 if args.quick else 15
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: run `apt-get install wrk` (Debian/Ubuntu)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    try:
+        return run(args, work)
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> int:
+    from ml_platform.specs import load_specs
+
+    root = (args.root or work / "root").resolve()
+    print(f"root {root}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    if champion_version(root) is None:
+        print("building the platform (generate + demo, about a minute) ...", flush=True)
+        build_platform(root, work)
+    version = champion_version(root)
+    spec = next(s for s in load_specs(root=root) if s.name == PIPELINE)
+    model_dir = download_champion(root, version, work / "model")
+    rows = online_rows(root)
+    ours_bodies, mlflow_bodies = work / "ours.jsonl", work / "mlflow.jsonl"
+    ours_bodies.write_text("".join(ours_body(spec, [r]) + "\n" for r in rows))
+    mlflow_bodies.write_text("".join(mlflow_body(spec, [r]) + "\n" for r in rows))
+    print(f"champion v{version}, {len(rows)} entities, {args.seconds} s per load", flush=True)
+
+    parity = rows[:PARITY_N]
+    servers = [
+        ours_server(ours_bodies, ours_body(spec, parity)),
+        mlflow_server("mlflow-best", model_dir, 2, mlflow_bodies, mlflow_body(spec, parity)),
+        mlflow_server("mlflow-default", model_dir, None, mlflow_bodies, mlflow_body(spec, parity)),
+    ]
+    results = {s.name: measure(s, root, args.seconds, work) for s in servers}
+    return report(results, args, version, len(rows))
+
+
+def report(results: dict, args: argparse.Namespace, version: str, entities: int) -> int:
+    print(f"\n{'server':<15} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for name, result in results.items():
+        for connections, r in result["runs"].items():
+            kinds = f"  {r['error_kinds']}" if r["errors"] else ""
+            print(
+                f"{name:<15} {connections:>5} {r['rps']:>9.1f} {r['p50_ms']:>8.2f}"
+                f" {r['p99_ms']:>8.2f} {r['errors']:>7}{kinds}"
+            )
+    ours, best = results["ours"]["runs"], results["mlflow-best"]["runs"]
+    ratio = ours[8]["rps"] / best[8]["rps"]
+    errors = sum(r["errors"] for r in ours.values())
+    targets = [
+        (f"ours / mlflow-best req/s at 8 connections: {ratio:.2f} (>= {MIN_RATIO})",
+         ratio >= MIN_RATIO),
+        (f"our p99 at 8 connections: {ours[8]['p99_ms']:.2f} ms (<= {MAX_P99_MS} ms)",
+         ours[8]["p99_ms"] <= MAX_P99_MS),
+        (f"our errors: {errors} (0)", errors == 0),
+    ]  # fmt: skip
+    ours_values = [p["prediction"] for p in results["ours"]["parity"]]
+    for name in ("mlflow-best", "mlflow-default"):
+        theirs = [max(float(p), 0.0) for p in results[name]["parity"]]
+        pairs = zip(ours_values, theirs, strict=True)
+        same = sum(math.isclose(a, b, rel_tol=1e-9) for a, b in pairs)
+        targets.append((f"parity with {name}: {same}/{PARITY_N} identical", same == PARITY_N))
+    print()
+    for text, met in targets:
+        print(f"{text:<60} {'met' if met else 'NOT met'}")
+    if args.save:
+        path = REPO_ROOT / "bench" / "results" / "serving.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        summary = {"champion_version": version, "entities": entities, "seconds": args.seconds}
+        path.write_text(json.dumps({**summary, "servers": results, "ratio_c8": ratio}, indent=2))
+        print(f"wrote {path}")
+    return 1 if args.strict and not all(met for _, met in targets) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
