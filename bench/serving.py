@@ -44,6 +44,7 @@ LUA = Path(__file__).with_name("wrk_predict.lua")
 PIPELINE = "sales_forecast"
 LOADS = ((1, 1), (8, 2))  # (connections, wrk threads)
 MIN_RATIO, MAX_P99_MS, PARITY_N = 3.0, 25.0, 5
+BUSY_PCT = 10  # other processes' share of the CPU above which a run is flagged
 # Settings that would point a child at another root or fix its thread pools.
 SCRUBBED = (
     "ML_PLATFORM_ROOT", "ML_PLATFORM_SPEC_DIR", "ML_PLATFORM_ONLINE_STORE_URL", "DAGSTER_HOME",
@@ -177,6 +178,30 @@ def stop(proc: subprocess.Popen) -> None:
             continue
 
 
+def cpu_sample(pgid: int) -> tuple[float, int, int, float]:
+    """(time, busy CPU ticks of the machine, ticks of the server's process group, wrk seconds)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    group = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[2]) == pgid:
+            group += int(fields[11]) + int(fields[12])
+    children = os.times()  # wrk is the only child waited for between two samples
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    return time.monotonic(), busy, group, children.children_user + children.children_system
+
+
+def other_cpu_pct(before: tuple, after: tuple) -> float:
+    """Share of the machine's CPU that neither the server nor wrk used during a run."""
+    hz = os.sysconf("SC_CLK_TCK")
+    elapsed, busy, server, wrk_s = (b - a for a, b in zip(before, after, strict=True))
+    other = busy - server - wrk_s * hz
+    return max(other, 0) / (elapsed * hz * os.cpu_count()) * 100
+
+
 def wrk(url: str, bodies: Path, connections: int, threads: int, seconds: float) -> dict:
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
     command += ["-s", str(LUA), url, "--", str(bodies)]
@@ -260,9 +285,12 @@ def measure(server: Server, cwd: Path, seconds: float, logs: Path) -> dict:
         wrk(server.url, server.bodies, 8, 2, 3)  # warm-up: first predictions, allocator, caches
         runs = {}
         for connections, threads in LOADS:
-            load = os.getloadavg()[0]
+            before = cpu_sample(proc.pid)
             run = wrk(server.url, server.bodies, connections, threads, seconds)
-            runs[connections] = {**run, "load_before": load}
+            runs[connections] = {
+                **run,
+                "other_cpu_pct": other_cpu_pct(before, cpu_sample(proc.pid)),
+            }
             print(f"  {server.name:<15} c{connections}: {run['rps']:8.1f} req/s", flush=True)
         return {"runs": runs, "parity": post(server.url, server.parity_body)["predictions"]}
     finally:
@@ -295,6 +323,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     from ml_platform.specs import load_specs
 
     root = (args.root or work / "root").resolve()
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     print(f"root {root}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     if champion_version(root) is None:
         print("building the platform (generate + demo, about a minute) ...", flush=True)
@@ -319,14 +348,19 @@ def run(args: argparse.Namespace, work: Path) -> int:
 
 
 def report(results: dict, args: argparse.Namespace, version: str, entities: int) -> int:
-    print(f"\n{'server':<15} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    head = f"{'server':<15} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+    print(f"\n{head} {'other CPU %':>12}")
     for name, result in results.items():
         for connections, r in result["runs"].items():
             kinds = f"  {r['error_kinds']}" if r["errors"] else ""
             print(
                 f"{name:<15} {connections:>5} {r['rps']:>9.1f} {r['p50_ms']:>8.2f}"
-                f" {r['p99_ms']:>8.2f} {r['errors']:>7}{kinds}"
+                f" {r['p99_ms']:>8.2f} {r['errors']:>7} {r['other_cpu_pct']:>12.0f}{kinds}"
             )
+    busiest = max(r["other_cpu_pct"] for x in results.values() for r in x["runs"].values())
+    if busiest > BUSY_PCT:
+        print(f"warning: other processes used up to {busiest:.0f} % of the CPU during a run;")
+        print("these figures are not clean: rerun when the machine is quiet")
     ours, best = results["ours"]["runs"], results["mlflow-best"]["runs"]
     ratio = ours[8]["rps"] / best[8]["rps"]
     errors = sum(r["errors"] for r in ours.values())

@@ -1,0 +1,166 @@
+"""Canary releases under synthetic traffic, judged by the real `<pipeline>_canary` sensor.
+
+A bad challenger (trained on shuffled targets) is rolled back within the configured number of
+analyses; a good one (the same recipe retrained) is promoted through every step. Traffic runs the
+whole time and no request may fail. Runs after `test_serving.py` (file order), since promotion
+moves the champion.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import mlflow
+import mlflow.sklearn
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml_platform.automation.alerts import alerts_path, read_alerts
+from ml_platform.automation.canary_sensor import build_canary_sensor
+from ml_platform.core import training
+from ml_platform.lineage import history
+from ml_platform.serving.canary_release import release_canary
+from ml_platform.serving.loader import CANARY, CANARY_WEIGHT_TAG, CHAMPION, PREVIOUS
+from ml_platform_tests.conftest import activated, registry_for
+from ml_platform_tests.serving.conftest import all_entities
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+ANALYSIS_SECONDS = 1.5
+
+
+class Traffic:
+    """Round-robin single-entity requests on a thread; every status code is kept."""
+
+    def __init__(self, url: str, entities: list[dict[str, str]]) -> None:
+        self.url, self.entities = url, entities
+        self.statuses: Counter[int] = Counter()
+        self.variants: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            i = 0
+            while not self._stop.is_set():
+                entity = self.entities[i % len(self.entities)]
+                response = client.post("/v1/sales_forecast/predict", json={"entities": [entity]})
+                self.statuses[response.status_code] += 1
+                if response.status_code == 200:
+                    self.variants[response.json()["predictions"][0]["variant"]] += 1
+                i += 1
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+def register(root: Path, spec, shuffled: bool) -> str:
+    """A new registered version from the training set, with the targets shuffled if asked."""
+    training_set = pd.read_parquet(root / "data" / spec.name / "training_set.parquet")
+    if shuffled:
+        labels = training_set[training.LABEL].to_numpy().copy()
+        np.random.default_rng(0).shuffle(labels)
+        training_set = training_set.assign(**{training.LABEL: labels})
+    model = training.fit(training_set, spec)
+    registry = registry_for(root)
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    mlflow.set_registry_uri(registry.tracking_uri)
+    experiment = registry.ensure_experiment(spec.name)
+    with mlflow.start_run(experiment_id=experiment):
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            serialization_format="skops",
+            skops_trusted_types=spec.model.skops_trusted_types,
+            registered_model_name=spec.name,
+        )
+    return str(info.registered_model_version)
+
+
+def run_release(root: Path, server: str, spec, version: str, max_analyses: int):
+    """Release `version` as canary and tick the sensor until it promotes or rolls back."""
+    import time
+
+    sensor = build_canary_sensor(spec)
+    client = registry_for(root).client()
+    release_canary(client, spec, version)
+    cursor, summaries, weights = None, [], []
+    with Traffic(server, all_entities(root, spec)) as traffic:
+        for _ in range(max_analyses):
+            time.sleep(ANALYSIS_SECONDS)
+            with dg.instance_for_test() as instance:
+                context = dg.build_sensor_context(instance=instance, cursor=cursor)
+                result = sensor(context)
+                cursor = context.cursor
+            summaries.append(result.skip_message)
+            weights.append(client.get_registered_model(spec.name).tags.get(CANARY_WEIGHT_TAG))
+            if CANARY not in (client.get_registered_model(spec.name).aliases or {}):
+                break
+    return summaries, weights, traffic
+
+
+@pytest.fixture
+def canary_spec(spec):
+    """The packaged spec with limits sized for a test's few seconds of traffic."""
+    canary = spec.deployment.canary.model_copy(
+        update={"interval_seconds": 1, "min_requests": 10, "min_predictions": 40}
+    )
+    deployment = spec.deployment.model_copy(update={"mode": "canary", "canary": canary})
+    return spec.model_copy(update={"deployment": deployment})
+
+
+def test_bad_canary_is_rolled_back_and_the_champion_never_changes(
+    serving_root: Path, server: str, canary_spec, monkeypatch
+) -> None:
+    monkeypatch.setenv("ML_PLATFORM_SERVING_URL", server)
+    with activated(serving_root):
+        client = registry_for(serving_root).client()
+        champion = str(client.get_registered_model(canary_spec.name).aliases[CHAMPION])
+        bad = register(serving_root, canary_spec, shuffled=True)
+        threshold = canary_spec.deployment.canary.failure_threshold
+        summaries, weights, traffic = run_release(
+            serving_root, server, canary_spec, bad, max_analyses=threshold + 6
+        )
+    aliases = {k: str(v) for k, v in client.get_registered_model(canary_spec.name).aliases.items()}
+    assert aliases[CHAMPION] == champion and CANARY not in aliases, summaries
+    assert "rolled back" in summaries[-1] and "prediction_psi" in summaries[-1], summaries
+    assert len(summaries) <= threshold + 3, summaries  # a couple of analyses to gather traffic
+    assert weights[-1] == "0"
+    assert set(traffic.statuses) == {200}, traffic.statuses
+    assert traffic.variants["canary"] > 0, "the canary never served: routing is broken"
+    alerts = read_alerts(alerts_path(serving_root))
+    assert any(f"canary v{bad}" in a["reason"] for a in alerts)
+    events = [e for e in history(serving_root, canary_spec) if e["to_version"] in (bad, "none")]
+    assert events and events[-1]["alias"] == CANARY and events[-1]["to_version"] == "none"
+
+
+def test_good_canary_is_promoted_through_every_step(
+    serving_root: Path, server: str, canary_spec, monkeypatch
+) -> None:
+    monkeypatch.setenv("ML_PLATFORM_SERVING_URL", server)
+    with activated(serving_root):
+        client = registry_for(serving_root).client()
+        champion = str(client.get_registered_model(canary_spec.name).aliases[CHAMPION])
+        good = register(serving_root, canary_spec, shuffled=False)
+        steps = canary_spec.deployment.canary.step_weights
+        summaries, weights, traffic = run_release(
+            serving_root, server, canary_spec, good, max_analyses=len(steps) + 8
+        )
+    aliases = {k: str(v) for k, v in client.get_registered_model(canary_spec.name).aliases.items()}
+    assert aliases[CHAMPION] == good and aliases[PREVIOUS] == champion, summaries
+    assert CANARY not in aliases
+    assert "promoted" in summaries[-1], summaries
+    ramp = [int(float(w)) for w in weights[:-1] if w is not None]
+    assert [w for w in steps[1:] if w in ramp] == steps[1:], (weights, summaries)
+    assert set(traffic.statuses) == {200}, traffic.statuses
+    audit = [e for e in history(serving_root, canary_spec) if e["to_version"] == good]
+    assert audit[-1]["alias"] == CHAMPION and audit[-1]["from_version"] == champion
