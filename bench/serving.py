@@ -109,24 +109,24 @@ def download_champion(root: Path, version: str, into: Path) -> Path:
     )
 
 
-def online_rows(root: Path) -> list[tuple[str, dict]]:
-    """(entity id, feature row) for every entity in the online store, sorted by entity id."""
+def online_rows(root: Path) -> list[dict]:
+    """The feature row of every entity in the online store, sorted by entity id."""
     path = root / ".ml_platform" / "online_store.sqlite"
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
         found = conn.execute(
             "SELECT entity, row FROM features WHERE pipeline = ? ORDER BY entity", [PIPELINE]
         ).fetchall()
-    return [(entity, json.loads(row)) for entity, row in found]
+    return [json.loads(row) for _, row in found]
 
 
-def ours_body(spec, entities: list[tuple[str, dict]]) -> str:
-    keys = spec.entity_keys
-    return json.dumps({"entities": [{k: row[k] for k in keys} for _, row in entities]})
+def ours_body(spec, rows: list[dict]) -> str:
+    return json.dumps({"entities": [{k: row[k] for k in spec.entity_keys} for row in rows]})
 
 
-def mlflow_body(spec, entities: list[tuple[str, dict]]) -> str:
+def mlflow_body(spec, rows: list[dict]) -> str:
+    """The same feature row our app looks up, as MLflow's `dataframe_split` input."""
     columns = list(spec.feature_columns)
-    data = [[row[c] for c in columns] for _, row in entities]
+    data = [[row[c] for c in columns] for row in rows]
     return json.dumps({"dataframe_split": {"columns": columns, "data": data}})
 
 
@@ -137,10 +137,10 @@ def free_port() -> int:
 
 
 def post(url: str, body: str) -> dict:
-    request = urllib.request.Request(
-        url, body.encode(), {"Content-Type": "application/json"}, method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=30) as answer:
+    headers = {"Content-Type": "application/json"}
+    with urllib.request.urlopen(
+        urllib.request.Request(url, body.encode(), headers), timeout=30
+    ) as answer:
         return json.loads(answer.read())
 
 
@@ -223,76 +223,37 @@ def wrk(url: str, bodies: Path, connections: int, threads: int, seconds: float) 
 
 class Server(NamedTuple):
     name: str
-    command: list[str]
+    command: list[str]  # without the port
     env: dict[str, str]
-    ready_url: str
-    url: str
     workers: int
+    ready_path: str
+    predict_path: str
     bodies: Path  # one request body per line, one entity each
     parity_body: str  # the first PARITY_N entities in one request
 
 
-def ours_server(bodies: Path, parity_body: str) -> Server:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [str(BIN / "ml-platform"), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    return Server(
-        "ours",
-        [*command, "--workers", "2"],
-        child_env(),
-        f"{base}/readyz",
-        f"{base}/v1/{PIPELINE}/predict",
-        2,
-        bodies,
-        parity_body,
-    )
-
-
-def mlflow_server(
-    name: str, model_dir: Path, workers: int | None, bodies: Path, parity_body: str
-) -> Server:
-    """MLflow's scoring server; with `workers`, also one native thread each (its best setup)."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [str(BIN / "mlflow"), "models", "serve", "-m", str(model_dir)]
-    command += ["--env-manager", "local", "--host", "127.0.0.1", "-p", str(port)]
-    # MLflow 3 gates every sklearn format, skops included, behind this flag (default: true).
-    env = {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}
-    if workers:
-        command += ["--workers", str(workers)]
-        env["OMP_NUM_THREADS"] = "1"
-    return Server(
-        name,
-        command,
-        child_env(**env),
-        f"{base}/ping",
-        f"{base}/invocations",
-        workers or 1,
-        bodies,
-        parity_body,
-    )
-
-
 def measure(server: Server, cwd: Path, seconds: float, logs: Path) -> dict:
     """Start one server, load it at each concurrency, ask it the parity question, stop it."""
-    log = logs / f"{server.name}.log"
+    log, port = logs / f"{server.name}.log", free_port()
+    url = f"http://127.0.0.1:{port}{server.predict_path}"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            server.command, cwd=cwd, env=server.env, stdout=out, stderr=out, start_new_session=True
+            [*server.command, "--port", str(port)],
+            **dict(cwd=cwd, env=server.env, stdout=out, stderr=out, start_new_session=True),
         )
     try:
-        wait_ready(proc, server.ready_url, log, server.workers)
-        wrk(server.url, server.bodies, 8, 2, 3)  # warm-up: first predictions, allocator, caches
+        wait_ready(proc, f"http://127.0.0.1:{port}{server.ready_path}", log, server.workers)
+        wrk(url, server.bodies, 8, 2, 3)  # warm-up: first predictions, allocator, caches
         runs = {}
         for connections, threads in LOADS:
             before = cpu_sample(proc.pid)
-            run = wrk(server.url, server.bodies, connections, threads, seconds)
+            run = wrk(url, server.bodies, connections, threads, seconds)
             runs[connections] = {
                 **run,
                 "other_cpu_pct": other_cpu_pct(before, cpu_sample(proc.pid)),
             }
             print(f"  {server.name:<15} c{connections}: {run['rps']:8.1f} req/s", flush=True)
-        return {"runs": runs, "parity": post(server.url, server.parity_body)["predictions"]}
+        return {"runs": runs, "parity": post(url, server.parity_body)["predictions"]}
     finally:
         stop(proc)
 
@@ -337,12 +298,23 @@ def run(args: argparse.Namespace, work: Path) -> int:
     mlflow_bodies.write_text("".join(mlflow_body(spec, [r]) + "\n" for r in rows))
     print(f"champion v{version}, {len(rows)} entities, {args.seconds} s per load", flush=True)
 
-    parity = rows[:PARITY_N]
+    ours = [str(BIN / "ml-platform"), "serve", "--host", "127.0.0.1", "--workers", "2"]
+    mlflow = [str(BIN / "mlflow"), "models", "serve", "-m", str(model_dir)]
+    mlflow += ["--env-manager", "local", "--host", "127.0.0.1"]
+    # MLflow 3 gates every sklearn format, skops included, behind this flag (default: true).
+    trust = {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}
+    ours_parity, mlflow_parity = (
+        ours_body(spec, rows[:PARITY_N]),
+        mlflow_body(spec, rows[:PARITY_N]),
+    )
+    predict = f"/v1/{PIPELINE}/predict"
     servers = [
-        ours_server(ours_bodies, ours_body(spec, parity)),
-        mlflow_server("mlflow-best", model_dir, 2, mlflow_bodies, mlflow_body(spec, parity)),
-        mlflow_server("mlflow-default", model_dir, None, mlflow_bodies, mlflow_body(spec, parity)),
-    ]
+        Server("ours", ours, child_env(), 2, "/readyz", predict, ours_bodies, ours_parity),
+        Server("mlflow-best", [*mlflow, "--workers", "2"], child_env(OMP_NUM_THREADS="1", **trust),
+               2, "/ping", "/invocations", mlflow_bodies, mlflow_parity),
+        Server("mlflow-default", mlflow, child_env(**trust), 1, "/ping", "/invocations",
+               mlflow_bodies, mlflow_parity),
+    ]  # fmt: skip
     results = {s.name: measure(s, root, args.seconds, work) for s in servers}
     return report(results, args, version, len(rows))
 
