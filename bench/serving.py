@@ -16,6 +16,7 @@ Each gets a 3 s warm-up, then wrk (`apt-get install wrk`) at 1 and 8 connections
 with `--quick`), one entity per request, cycling over all entities (`bench/wrk_predict.lua`).
 Afterwards our answers for 5 entities must equal MLflow's (clipped at 0, as ours are). Targets:
 ours/mlflow-best req/s at 8 connections >= 3.0, our p99 at 8 connections <= 25 ms, no errors.
+Each run also reports the share of the CPU that other processes took meanwhile.
 Exit status: 2 without wrk, 1 on a failed run (or a missed target with `--strict`), else 0.
 """
 
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 from typing import NamedTuple
 
@@ -44,8 +46,8 @@ LUA = Path(__file__).with_name("wrk_predict.lua")
 PIPELINE = "sales_forecast"
 LOADS = ((1, 1), (8, 2))  # (connections, wrk threads)
 MIN_RATIO, MAX_P99_MS, PARITY_N = 3.0, 25.0, 5
-BUSY_PCT = 10  # other processes' share of the CPU above which a run is flagged
-# Settings that would point a child at another root or fix its thread pools.
+BUSY_PCT = 10  # other processes' share of the CPU above which the figures are flagged
+# Settings that would point a child at another root or pin its thread pools.
 SCRUBBED = (
     "ML_PLATFORM_ROOT", "ML_PLATFORM_SPEC_DIR", "ML_PLATFORM_ONLINE_STORE_URL", "DAGSTER_HOME",
     "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -53,70 +55,70 @@ SCRUBBED = (
 )  # fmt: skip
 
 
+class Server(NamedTuple):
+    name: str
+    command: list[str]  # without --port
+    env: dict[str, str]
+    workers: int
+    ready_path: str
+    predict_path: str
+    bodies: Path  # one request body per line, one entity each
+    parity_body: str  # the first PARITY_N entities in one request
+
+
 def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
     return {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", **extra}
-
-
-def run_logged(command: list[str], cwd: Path, log: Path) -> None:
-    with log.open("ab") as out:
-        done = subprocess.run(command, cwd=cwd, env=child_env(), stdout=out, stderr=out)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed; see {log}:\n{tail(log)}")
 
 
 def tail(log: Path, lines: int = 25) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def tracking_uri(root: Path) -> str:
-    return f"sqlite:///{root}/.ml_platform/mlflow.db"
-
-
-def champion_version(root: Path) -> str | None:
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    if not (root / ".ml_platform" / "mlflow.db").exists():
-        return None
-    try:
-        client = MlflowClient(tracking_uri=tracking_uri(root), registry_uri=tracking_uri(root))
-        return client.get_model_version_by_alias(PIPELINE, "champion").version
-    except MlflowException:
-        return None
-
-
-def build_platform(root: Path, logs: Path) -> None:
+def build_platform(root: Path, log: Path) -> None:
     """A trained platform under `root`: landing files, features, champion v1, online store."""
     root.mkdir(parents=True, exist_ok=True)
     if not (root / "params.yaml").exists():
         shutil.copy(REPO_ROOT / "params.yaml", root / "params.yaml")
-    cli = str(BIN / "ml-platform")
-    gen = [cli, "generate", "--stores", "40", "--products", "3", "--days", "300", "--seed", "5"]
-    run_logged(gen, root, logs / "setup.log")
-    run_logged([cli, "demo"], root, logs / "setup.log")
+    generate = ["generate", "--stores", "40", "--products", "3", "--days", "300", "--seed", "5"]
+    for args in (generate, ["demo"]):
+        with log.open("ab") as out:
+            done = subprocess.run(
+                [str(BIN / "ml-platform"), *args], cwd=root, env=child_env(), stdout=out, stderr=out
+            )
+        if done.returncode:
+            raise RuntimeError(f"ml-platform {args[0]} failed:\n{tail(log)}")
 
 
-def download_champion(root: Path, version: str, into: Path) -> Path:
-    """The champion's MLflow model folder, resolved through the root's own registry."""
+def download_champion(root: Path, into: Path) -> tuple[str, Path] | None:
+    """The champion's version and MLflow model folder, through the root's own registry."""
     import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri(root)
-    source = MlflowClient(uri, uri).get_model_version_download_uri(PIPELINE, version)
-    return Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=uri, dst_path=into)
+    uri = f"sqlite:///{root}/.ml_platform/mlflow.db"
+    if not (root / ".ml_platform" / "mlflow.db").exists():
+        return None
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        version = client.get_model_version_by_alias(PIPELINE, "champion").version
+    except MlflowException:
+        return None
+    source = client.get_model_version_download_uri(PIPELINE, version)
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=source, tracking_uri=uri, dst_path=into
     )
+    return version, Path(local)
 
 
 def online_rows(root: Path) -> list[dict]:
     """The feature row of every entity in the online store, sorted by entity id."""
     path = root / ".ml_platform" / "online_store.sqlite"
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
         found = conn.execute(
-            "SELECT entity, row FROM features WHERE pipeline = ? ORDER BY entity", [PIPELINE]
+            "SELECT row FROM features WHERE pipeline = ? ORDER BY entity", [PIPELINE]
         ).fetchall()
-    return [json.loads(row) for _, row in found]
+    return [json.loads(row) for (row,) in found]
 
 
 def ours_body(spec, rows: list[dict]) -> str:
@@ -137,16 +139,14 @@ def free_port() -> int:
 
 
 def post(url: str, body: str) -> dict:
-    headers = {"Content-Type": "application/json"}
-    with urllib.request.urlopen(
-        urllib.request.Request(url, body.encode(), headers), timeout=30
-    ) as answer:
+    request = urllib.request.Request(url, body.encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
         return json.loads(answer.read())
 
 
 def wait_ready(proc: subprocess.Popen, url: str, log: Path, workers: int) -> None:
     """Ready when `url` answers 200 and every worker has logged that its startup completed, so
-    keep-alive connections are not all accepted by the first worker up."""
+    that keep-alive connections are not all accepted by the first worker up."""
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -164,22 +164,18 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path, workers: int) -> Non
 
 def stop(proc: subprocess.Popen) -> None:
     """SIGTERM the server's process group (uvicorn master and workers), SIGKILL if it lingers."""
-    if proc.poll() is not None:
-        return
     for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+        if proc.poll() is not None:
+            return
         try:
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
             proc.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
 
 
 def cpu_sample(pgid: int) -> tuple[float, int, int, float]:
-    """(time, busy CPU ticks of the machine, ticks of the server's process group, wrk seconds)."""
+    """(time, busy ticks of the machine, ticks of the server's process group, wrk seconds)."""
     ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     group = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -195,11 +191,10 @@ def cpu_sample(pgid: int) -> tuple[float, int, int, float]:
 
 
 def other_cpu_pct(before: tuple, after: tuple) -> float:
-    """Share of the machine's CPU that neither the server nor wrk used during a run."""
+    """Share of the machine's CPU that neither the server nor wrk used between two samples."""
     hz = os.sysconf("SC_CLK_TCK")
-    elapsed, busy, server, wrk_s = (b - a for a, b in zip(before, after, strict=True))
-    other = busy - server - wrk_s * hz
-    return max(other, 0) / (elapsed * hz * os.cpu_count()) * 100
+    elapsed, busy, server, wrk_seconds = (b - a for a, b in zip(before, after, strict=True))
+    return max(busy - server - wrk_seconds * hz, 0) / (elapsed * hz * os.cpu_count()) * 100
 
 
 def wrk(url: str, bodies: Path, connections: int, threads: int, seconds: float) -> dict:
@@ -219,17 +214,6 @@ def wrk(url: str, bodies: Path, connections: int, threads: int, seconds: float) 
         "error_kinds": {k: v for k, v in errors.items() if v},
         "requests": result["requests"],
     }
-
-
-class Server(NamedTuple):
-    name: str
-    command: list[str]  # without the port
-    env: dict[str, str]
-    workers: int
-    ready_path: str
-    predict_path: str
-    bodies: Path  # one request body per line, one entity each
-    parity_body: str  # the first PARITY_N entities in one request
 
 
 def measure(server: Server, cwd: Path, seconds: float, logs: Path) -> dict:
@@ -286,12 +270,13 @@ def run(args: argparse.Namespace, work: Path) -> int:
     root = (args.root or work / "root").resolve()
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     print(f"root {root}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    if champion_version(root) is None:
+    champion = download_champion(root, work / "model")
+    if champion is None:
         print("building the platform (generate + demo, about a minute) ...", flush=True)
-        build_platform(root, work)
-    version = champion_version(root)
+        build_platform(root, work / "setup.log")
+        champion = download_champion(root, work / "model")
+    version, model_dir = champion
     spec = next(s for s in load_specs(root=root) if s.name == PIPELINE)
-    model_dir = download_champion(root, version, work / "model")
     rows = online_rows(root)
     ours_bodies, mlflow_bodies = work / "ours.jsonl", work / "mlflow.jsonl"
     ours_bodies.write_text("".join(ours_body(spec, [r]) + "\n" for r in rows))
@@ -331,8 +316,8 @@ def report(results: dict, args: argparse.Namespace, version: str, entities: int)
             )
     busiest = max(r["other_cpu_pct"] for x in results.values() for r in x["runs"].values())
     if busiest > BUSY_PCT:
-        print(f"warning: other processes used up to {busiest:.0f} % of the CPU during a run;")
-        print("these figures are not clean: rerun when the machine is quiet")
+        print(f"warning: other processes took up to {busiest:.0f} % of the CPU during a run,")
+        print("so these figures are not clean: rerun when the machine is quiet")
     ours, best = results["ours"]["runs"], results["mlflow-best"]["runs"]
     ratio = ours[8]["rps"] / best[8]["rps"]
     errors = sum(r["errors"] for r in ours.values())
