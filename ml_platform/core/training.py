@@ -95,7 +95,12 @@ def holdout(training_set: pd.DataFrame) -> pd.DataFrame:
 
 def predict(model: Pipeline, frame: pd.DataFrame, spec: PipelineSpec) -> np.ndarray:
     """Predictions clipped at zero: negative demand is never a useful forecast."""
-    return np.clip(model.predict(frame[spec.feature_columns]), 0.0, None)
+    return clip_predictions(model.predict(frame[spec.feature_columns]))
+
+
+def clip_predictions(values: np.ndarray) -> np.ndarray:
+    """The one post-processing step, shared by batch and online predictions."""
+    return np.clip(values, 0.0, None)
 
 
 def evaluate(model: Pipeline, rows: pd.DataFrame, spec: PipelineSpec) -> Evaluation:

@@ -26,6 +26,18 @@ log = logging.getLogger("ml_platform.serving")
 class LoadedModel:
     version: int
     model: Any
+    columns_checked: bool = False  # fitted on exactly the spec's feature columns, in order
+
+
+def fitted_on(model: Any, columns: list[str]) -> bool:
+    """True when the model was fitted on these columns in this order (so a bare matrix is safe);
+    a model fitted on other columns cannot serve this spec at all."""
+    names = getattr(model, "feature_names_in_", None)
+    if names is None:
+        return False
+    if list(names) != list(columns):
+        raise ValueError(f"model was fitted on {list(names)}, the spec serves {list(columns)}")
+    return True
 
 
 @dataclass(frozen=True)
@@ -90,12 +102,13 @@ class ModelSlots:
             model = load_version(
                 self.client, self.spec.name, version, self.spec.model.skops_trusted_types
             )
+            checked = fitted_on(model, self.spec.feature_columns)
         except Exception as exc:  # keep serving what we have rather than nothing
             self.last_error = f"could not load {self.spec.name} v{version} ({alias}): {exc}"
             log.error(self.last_error)
             return loaded if alias == CHAMPION else None
         self.last_error = None
-        return LoadedModel(version=int(version), model=model)
+        return LoadedModel(version=int(version), model=model, columns_checked=checked)
 
 
 class Reloader:

@@ -112,3 +112,13 @@ def test_no_champion_means_not_ready(served) -> None:
         pipeline, [PredictJob([{"store_id": "S0001", "product_id": "P01"}], "x")]
     )
     assert "no champion" in str(result)
+
+
+def test_models_fitted_on_other_columns_are_refused(spec) -> None:
+    from ml_platform.serving.deployment import fitted_on
+
+    model = _champion(spec, 1.0)
+    assert fitted_on(model, spec.feature_columns)
+    with pytest.raises(ValueError, match="fitted on"):
+        fitted_on(model, list(reversed(spec.feature_columns)))
+    assert not fitted_on(RaisesOnPromo(), spec.feature_columns)
