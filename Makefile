@@ -26,7 +26,7 @@ test-fast: install  ## skip tests marked slow
 
 test-ui: install  ## the browser tests alone; refreshes docs/images/*.png
 	bash .ci/install_ui_deps.sh $(VENV)
-	$(BIN)/pytest -q -m ui
+	ML_PLATFORM_SCREENSHOT_DIR=docs/images $(BIN)/pytest -q -m ui
 
 dev: install  ## Dagster UI + daemon on http://127.0.0.1:$(PORT)
 	$(BIN)/ml-platform dev --port $(PORT)

@@ -7,8 +7,8 @@ available on our machines, so `.ci/install_ui_deps.sh` installs both, and a miss
 these tests with a message instead of skipping them. The tests run in file order against one
 server; every wait polls against a deadline.
 
-Screenshots for the README go to `docs/images/` (set ML_PLATFORM_SCREENSHOT_DIR to send them
-elsewhere); re-running the tests refreshes them when the UI changes.
+Screenshots go to a temp folder, so `make test` leaves the checkout clean; `make test-ui` sets
+ML_PLATFORM_SCREENSHOT_DIR=docs/images to refresh the README's pictures when the UI changes.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -70,7 +71,10 @@ STARTUP_TIMEOUT_S = 240.0
 PAGE = {"width": 1600, "height": 1000}
 # Wide enough for the graph to draw full nodes (status, checks, partitions), not bare labels.
 LINEAGE = {"width": 1920, "height": 720}
-SCREENSHOTS = Path(os.environ.get("ML_PLATFORM_SCREENSHOT_DIR") or REPO_ROOT / "docs" / "images")
+SCREENSHOTS = Path(
+    os.environ.get("ML_PLATFORM_SCREENSHOT_DIR")
+    or Path(tempfile.gettempdir()) / "ml_platform_screenshots"
+)
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 
 ASSET_NODES = "{ assetNodes { groupName assetKey { path } dependencyKeys { path } } }"
