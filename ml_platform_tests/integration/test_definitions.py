@@ -54,10 +54,14 @@ def test_checks_jobs_and_partitions_snapshot(tmp_path):
     assert {s.name for s in defs.sensors} == {
         "sales_forecast_landing_sensor",
         "sales_forecast_drift_sensor",
+        "sales_forecast_canary",
         "dvc_recorder",
         "ml_platform_run_failure_alerts",
     }
     assert {s.name for s in defs.schedules} == {"sales_forecast_retrain_schedule"}
+    # The canary sensor runs by default only where the spec deploys by canary.
+    canary = next(s for s in defs.sensors if s.name == "sales_forecast_canary")
+    assert canary.default_status == dg.DefaultSensorStatus.STOPPED
     daily = {
         k.to_user_string()
         for k in graph.get_all_asset_keys()
