@@ -192,8 +192,9 @@ def plain_child(cfg: dict) -> dict:
     from ml_platform.core.contracts import read_landing_file, validate_batch
     from ml_platform.core.features import build_features, split_by_day
     from ml_platform.core.storage import atomic_write, encode_frame, md5_file
-    from ml_platform.resources.online_store import OnlineStore, online_store_url
+    from ml_platform.resources.online_store import OnlineStore
     from ml_platform.resources.registry import ModelRegistry
+    from ml_platform.settings import online_store_url
 
     root = Path(cfg["root"])
     spec = load_pipeline_spec(cfg["pipeline"], root)
