@@ -7,6 +7,7 @@ Production points DAGSTER_HOME at a folder whose dagster.yaml uses dagster-postg
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -25,7 +26,19 @@ run_queue:
 run_monitoring:
   enabled: true
   poll_interval_seconds: 30
+# Dagster's SQLite event log, with engines kept open (ml_platform/dagster_storage.py).
+event_log_storage:
+  module: ml_platform.dagster_storage
+  class: PooledSqliteEventLogStorage
+  config:
+    base_dir: {runs_dir}
 """
+
+
+def dagster_yaml(home: Path) -> str:
+    """The embedded instance's config for this DAGSTER_HOME (its event log path is absolute)."""
+    runs = Path(home).resolve() / "history" / "runs"
+    return DAGSTER_YAML.format(runs_dir=json.dumps(str(runs)))
 
 
 def ensure_dagster_home(root: Path) -> Path:
@@ -34,7 +47,9 @@ def ensure_dagster_home(root: Path) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text(DAGSTER_YAML)
+        config.write_text(
+            DAGSTER_YAML.format(runs_dir=json.dumps(str(home.resolve() / "history" / "runs")))
+        )
     os.environ["DAGSTER_HOME"] = str(home.resolve())
     return home
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from ml_platform.instance import DAGSTER_YAML
+from ml_platform.instance import dagster_yaml
 from ml_platform.specs import PipelineSpec
 from ml_platform_tests.conftest import REPO_ROOT, generate, make_platform_root, wait_for
 from ml_platform_tests.integration.test_definitions import EXPECTED_EDGES
@@ -229,7 +229,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, spec: PipelineSpec) -> Iter
     root = make_platform_root(base / "project")
     home = base / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    (home / "dagster.yaml").write_text(dagster_yaml(home))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DAGSTER_HOME", str(home))
         patch.setenv("ML_PLATFORM_ROOT", str(root))
