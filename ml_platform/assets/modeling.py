@@ -49,7 +49,13 @@ def build_modeling_assets(
 
     @dg.asset(
         key=training_key,
-        ins={"features": dg.AssetIn(features_key)},
+        ins={
+            "features": dg.AssetIn(
+                features_key,
+                # The training window plus the days its labels come from; older days are unused.
+                metadata={"latest_partitions": training.window_partitions(spec)},
+            )
+        },
         group_name=name,
         io_manager_key="parquet_io",
         kinds={"pandas", "parquet"},

@@ -28,6 +28,11 @@ def attach_labels(features: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
     return features.merge(later, on=[*keys, ts], how="left")
 
 
+def window_partitions(spec: PipelineSpec) -> int:
+    """How many of the newest daily feature partitions `build_training_set` can use."""
+    return spec.model.training_window_days + spec.model.holdout_days + spec.horizon_days
+
+
 def build_training_set(features: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
     """A time-ordered window of labelled rows, the last `holdout_days` marked as holdout.
 

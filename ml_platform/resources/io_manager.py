@@ -35,7 +35,8 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         atomic_write(self.path_for(key, partition), _encoded(obj).payload)
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame | dict[str, pd.DataFrame]:
-        """One frame, or `{partition: frame}` when the input asks for `by_partition`."""
+        """One frame, or `{partition: frame}` when the input asks for `by_partition`; an input
+        with `latest_partitions: N` gets only the newest N materialised partitions."""
         key = context.asset_key
         if not context.has_asset_partitions:
             return _read(self.path_for(key), key)
@@ -51,7 +52,11 @@ class ParquetIOManager(dg.ConfigurableIOManager):
                 f"{key.to_user_string()}: {len(missing)} of {len(paths)} upstream partitions "
                 f"not materialised, read as absent (first: {missing[:3]})"
             )
-        frames = [read_frame(p) for p in paths if p.exists()]
+        present = [p for p in paths if p.exists()]
+        latest = (context.definition_metadata or {}).get("latest_partitions")
+        if latest:  # a consumer that needs only a recent window reads only that
+            present = present[-int(latest) :]
+        frames = [read_frame(p) for p in present]
         if not frames:
             raise dg.Failure(
                 f"no materialised partitions of {key.to_user_string()} in "

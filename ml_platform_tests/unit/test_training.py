@@ -38,6 +38,20 @@ def test_split_is_by_time_and_holdout_is_last(features, spec):
     assert ts[training.LABEL].notna().all()
 
 
+def test_the_newest_window_partitions_give_the_same_training_set(features, spec):
+    """What lets `training_set` read only its window instead of every feature partition."""
+    model = spec.model.model_copy(update={"training_window_days": 120})
+    spec = spec.model_copy(update={"model": model})
+    days = sorted(features[spec.timestamp].unique())
+    needed = training.window_partitions(spec)
+    assert len(days) > needed, "the fixture must have more history than the window"
+    recent = features[features[spec.timestamp].isin(days[-needed:])]
+    full = training.build_training_set(features, spec)
+    pd.testing.assert_frame_equal(training.build_training_set(recent, spec), full)
+    shorter = features[features[spec.timestamp].isin(days[-(needed - 1) :])]
+    assert len(training.build_training_set(shorter, spec)) < len(full)
+
+
 def test_too_little_history_is_a_clear_error(features, spec):
     first_days = features[features["date"] < "2024-01-10"]
     with pytest.raises(training.TrainingDataError, match="holdout_days"):
