@@ -29,7 +29,7 @@ from ml_platform.serving.batching import (
     UnknownEntitiesError,
 )
 from ml_platform.serving.deployment import ModelSlots, Reloader
-from ml_platform.serving.feature_store import open_feature_store
+from ml_platform.serving.feature_store import StoreUnavailableError, open_feature_store
 from ml_platform.serving.loader import registry_client
 from ml_platform.serving.metrics import ServingMetrics
 from ml_platform.serving.prediction_log import PredictionLog
@@ -136,7 +136,7 @@ def create_app(
         except UnknownEntitiesError as exc:
             metrics.client_error(pipeline, 404)
             return json_response(exc.payload(), 404, request_id)
-        except NotReadyError as exc:
+        except (NotReadyError, StoreUnavailableError) as exc:
             return json_response({"error": "not_ready", "detail": str(exc)}, 503, request_id)
         metrics.observe_latency(pipeline, predictions, time.perf_counter() - started)
         return json_response(

@@ -39,6 +39,10 @@ return #ARGV / 3
 """
 
 
+class StoreUnavailableError(RuntimeError):
+    """The store cannot answer yet (nothing written, or the server is down): a 503, not a 500."""
+
+
 class FeatureStore(Protocol):
     """What the `features` asset writes through and the serving app reads from."""
 
@@ -55,10 +59,9 @@ class SqliteFeatureStore:
     def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
         if read_only:
-            self._conn = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=30
-            )
+            self._open_reader()  # the server may start before `features` has written anything
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
@@ -77,11 +80,22 @@ class SqliteFeatureStore:
                 [(pipeline, *row) for row in rows],
             )
 
+    def _open_reader(self) -> sqlite3.Connection | None:
+        if self._conn is None and self.path.exists():
+            self._conn = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=30
+            )
+        return self._conn
+
     def get(self, pipeline: str, entity_ids: list[str]) -> list[str | None]:
         if not entity_ids:
             return []
         found: dict[str, str] = {}
         with self._lock:
+            if self._open_reader() is None:
+                raise StoreUnavailableError(
+                    f"the online store {self.path} does not exist yet: materialise `features`"
+                )
             for start in range(0, len(entity_ids), 900):  # SQLite's bound-parameter limit
                 chunk = entity_ids[start : start + 900]
                 found.update(
@@ -94,7 +108,8 @@ class SqliteFeatureStore:
         return [found.get(i) for i in entity_ids]
 
     def close(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
 
 
 class RedisFeatureStore:
@@ -119,7 +134,12 @@ class RedisFeatureStore:
     def get(self, pipeline: str, entity_ids: list[str]) -> list[str | None]:
         if not entity_ids:
             return []
-        values = self._client.hmget(self._keys(pipeline)[0], entity_ids)
+        import redis
+
+        try:
+            values = self._client.hmget(self._keys(pipeline)[0], entity_ids)
+        except redis.RedisError as exc:
+            raise StoreUnavailableError(f"the Redis online store is unavailable: {exc}") from exc
         return [None if v is None else v.decode() for v in values]
 
     def clear(self, pipeline: str) -> None:

@@ -106,3 +106,18 @@ def test_prediction_log_reads_back_and_skips_a_torn_line(tmp_path: Path) -> None
     frame = read_prediction_log(tmp_path, "p")
     assert frame["request_id"].tolist() == ["r1", "r2"]
     assert read_prediction_log(tmp_path, "nothing").empty
+
+
+def test_a_store_that_cannot_answer_yet_says_so(tmp_path: Path) -> None:
+    """The server may start before `features` ran, or lose Redis: a 503 reason, not a crash."""
+    from ml_platform.serving.feature_store import StoreUnavailableError
+
+    reader = open_feature_store(f"sqlite:///{tmp_path / 'absent.sqlite'}", read_only=True)
+    with pytest.raises(StoreUnavailableError, match="materialise `features`"):
+        reader.get("p", ["a"])
+    writer = open_feature_store(f"sqlite:///{tmp_path / 'absent.sqlite'}")
+    writer.upsert("p", [("a", "2024-01-01", "{}")])
+    assert reader.get("p", ["a"]) == ["{}"]  # it opens once the file exists
+    unreachable = open_feature_store("redis://127.0.0.1:1/0")
+    with pytest.raises(StoreUnavailableError, match="Redis online store is unavailable"):
+        unreachable.get("p", ["a"])
