@@ -147,3 +147,16 @@ def test_corrupt_rows_are_quarantined_and_the_rest_flows_on(platform, spec):
         [dg.AssetCheckKey(dg.AssetKey([spec.name, "validated"]), "contract")]
     )
     assert all(r.status.value == "SUCCEEDED" for r in checks.values())
+
+
+def test_models_load_only_with_the_spec_trusted_types(platform, spec):
+    """skops refuses a model whose types the spec does not list; the spec's list loads it."""
+    from ml_platform.resources.registry import CHAMPION
+
+    registry = registry_for(platform)
+    with pytest.raises(ValueError, match=r"not in the spec's skops_trusted_types.*TreePredictor"):
+        registry.load_model(spec.name, CHAMPION, [])
+    model, _ = registry.load_model(spec.name, CHAMPION, spec.model.skops_trusted_types)
+    assert list(model.feature_names_in_) == spec.feature_columns
+    again, _ = registry.load_model(spec.name, CHAMPION, spec.model.skops_trusted_types)
+    assert again is model  # a registered version never changes: each process loads it once
