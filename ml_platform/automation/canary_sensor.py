@@ -12,6 +12,9 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from ml_platform.assets.ingest import asset_key
+from ml_platform.core.storage import read_frame
+from ml_platform.resources.io_manager import ParquetIOManager
 from ml_platform.serving.canary_release import CanaryCursor, analyse, scrape
 from ml_platform.serving.loader import registry_client
 from ml_platform.settings import default_root, mlflow_uri, serving_url
@@ -20,14 +23,12 @@ from ml_platform.specs import PipelineSpec
 
 def validated_labels(root: Path, spec: PipelineSpec):
     """Reads the target of the given days from the `validated` partitions that exist."""
+    storage = ParquetIOManager(base_dir=str(Path(root) / "data"))
+    key = asset_key(spec, "validated")
 
     def load(days: list[str]) -> pd.DataFrame:
-        folder = Path(root) / "data" / spec.name / "validated"
-        frames = [
-            pd.read_parquet(folder / f"{d}.parquet")
-            for d in days
-            if (folder / f"{d}.parquet").exists()
-        ]
+        paths = [storage.path_for(key, d) for d in days]
+        frames = [read_frame(p) for p in paths if p.exists()]
         if not frames:
             return pd.DataFrame()
         labels = pd.concat(frames, ignore_index=True)

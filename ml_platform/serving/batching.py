@@ -97,17 +97,19 @@ class BatchPredictor:
             for job in jobs:
                 job.done(error=error)
             return
-        rows = self._lookup(jobs)
+        job_ids = [[entity_id(self.spec, e) for e in job.entities] for job in jobs]
+        rows = self._lookup([i for ids in job_ids for i in ids])
         live: list[PredictJob] = []
-        for job in jobs:
-            unknown = [e for e in job.entities if rows[entity_id(self.spec, e)] is None]
+        ids: list[str] = []
+        for job, entity_ids in zip(jobs, job_ids, strict=True):
+            unknown = [e for e, i in zip(job.entities, entity_ids, strict=True) if rows[i] is None]
             if unknown:
                 job.done(error=UnknownEntitiesError(self.spec.name, unknown))
             else:
                 live.append(job)
+                ids.extend(entity_ids)
         if not live:
             return
-        ids = [entity_id(self.spec, e) for job in live for e in job.entities]
         matrix = np.array(
             [[rows[i].values.get(c) for c in self.columns] for i in ids], dtype="float64"
         )
@@ -118,8 +120,8 @@ class BatchPredictor:
         predictions, served_by, canary_failed = self._predict(snapshot, matrix, use_canary)
         self._answer(live, ids, rows, predictions, served_by, (use_canary, canary_failed), snapshot)
 
-    def _lookup(self, jobs: list[PredictJob]) -> dict[str, FeatureRow | None]:
-        ids = list(dict.fromkeys(entity_id(self.spec, e) for job in jobs for e in job.entities))
+    def _lookup(self, entity_ids: list[str]) -> dict[str, FeatureRow | None]:
+        ids = list(dict.fromkeys(entity_ids))
         found = self.store.get(self.spec.name, ids)
         return {
             i: None if raw is None else self._row(raw) for i, raw in zip(ids, found, strict=True)
@@ -181,6 +183,7 @@ class BatchPredictor:
         keys = self.spec.entity_keys
         records: list[dict] = []
         position = 0
+        stamp = now_iso()
         for job in jobs:
             answer = []
             routed_to_canary = False
@@ -202,7 +205,7 @@ class BatchPredictor:
                 records.append(
                     {
                         **item,
-                        "time": now_iso(),
+                        "time": stamp,
                         "request_id": job.request_id,
                         "features_hash": row.features_hash,
                     }

@@ -13,6 +13,7 @@ it in an order that is safe to repeat if the sensor dies half-way:
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -214,11 +215,12 @@ def _online_mae(spec, root, labels, canary, champion, started) -> OnlineMae | No
     """Online MAE of both variants on predictions made since this canary's analysis began."""
     if labels is None:
         return None
-    log = read_prediction_log(Path(root) / ".ml_platform" / "serving" / "predictions", spec.name)
+    folder = Path(root) / ".ml_platform" / "serving" / "predictions"
+    log = read_prediction_log(folder, spec.name, since=started)
+    if started is not None and not log.empty:
+        log = log[log["time"] >= started]
     if log.empty:
         return None
-    if started is not None:
-        log = log[log["time"] >= started]
     days = sorted(set(log["prediction_for"]))
     truth = labels(days)
     if truth.empty:
@@ -227,6 +229,4 @@ def _online_mae(spec, root, labels, canary, champion, started) -> OnlineMae | No
 
 
 def iso_time_now() -> str:
-    import time
-
     return iso_time(time.time())

@@ -45,10 +45,17 @@ class PredictionLog:
             self._fd, self._fd_key = None, None
 
 
-def read_prediction_log(root: Path, pipeline: str) -> pd.DataFrame:
-    """All logged predictions of a pipeline (empty frame if none); a torn last line is skipped."""
+def read_prediction_log(root: Path, pipeline: str, since: str | None = None) -> pd.DataFrame:
+    """Logged predictions of a pipeline (empty frame if none); a torn last line is skipped.
+
+    `since` (an ISO time) skips whole day folders before its day, so a sensor that asks every
+    minute does not re-read the whole history.
+    """
     records = []
+    first_day = since[:10] if since else ""
     for path in sorted((Path(root) / pipeline).glob("*/*.jsonl")):
+        if path.parent.name < first_day:
+            continue
         for line in path.read_bytes().splitlines():
             try:
                 records.append(orjson.loads(line))

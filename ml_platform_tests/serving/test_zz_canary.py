@@ -118,19 +118,25 @@ def canary_spec(spec):
     return spec.model_copy(update={"deployment": deployment})
 
 
+def release_new_version(root: Path, server: str, spec, shuffled: bool, max_analyses: int):
+    """Register a version and release it as canary under traffic; champion before, aliases after."""
+    with activated(root):
+        client = registry_for(root).client()
+        champion = str(client.get_registered_model(spec.name).aliases[CHAMPION])
+        version = register(root, spec, shuffled=shuffled)
+        summaries, weights, traffic = run_release(root, server, spec, version, max_analyses)
+    aliases = {k: str(v) for k, v in client.get_registered_model(spec.name).aliases.items()}
+    return champion, version, aliases, summaries, weights, traffic
+
+
 def test_bad_canary_is_rolled_back_and_the_champion_never_changes(
     serving_root: Path, server: str, canary_spec, monkeypatch
 ) -> None:
     monkeypatch.setenv("ML_PLATFORM_SERVING_URL", server)
-    with activated(serving_root):
-        client = registry_for(serving_root).client()
-        champion = str(client.get_registered_model(canary_spec.name).aliases[CHAMPION])
-        bad = register(serving_root, canary_spec, shuffled=True)
-        threshold = canary_spec.deployment.canary.failure_threshold
-        summaries, weights, traffic = run_release(
-            serving_root, server, canary_spec, bad, max_analyses=threshold + 6
-        )
-    aliases = {k: str(v) for k, v in client.get_registered_model(canary_spec.name).aliases.items()}
+    threshold = canary_spec.deployment.canary.failure_threshold
+    champion, bad, aliases, summaries, weights, traffic = release_new_version(
+        serving_root, server, canary_spec, shuffled=True, max_analyses=threshold + 6
+    )
     assert aliases[CHAMPION] == champion and CANARY not in aliases, summaries
     assert "rolled back" in summaries[-1] and "prediction_psi" in summaries[-1], summaries
     assert len(summaries) <= threshold + 3, summaries  # a couple of analyses to gather traffic
@@ -147,15 +153,10 @@ def test_good_canary_is_promoted_through_every_step(
     serving_root: Path, server: str, canary_spec, monkeypatch
 ) -> None:
     monkeypatch.setenv("ML_PLATFORM_SERVING_URL", server)
-    with activated(serving_root):
-        client = registry_for(serving_root).client()
-        champion = str(client.get_registered_model(canary_spec.name).aliases[CHAMPION])
-        good = register(serving_root, canary_spec, shuffled=False)
-        steps = canary_spec.deployment.canary.step_weights
-        summaries, weights, traffic = run_release(
-            serving_root, server, canary_spec, good, max_analyses=len(steps) + 8
-        )
-    aliases = {k: str(v) for k, v in client.get_registered_model(canary_spec.name).aliases.items()}
+    steps = canary_spec.deployment.canary.step_weights
+    champion, good, aliases, summaries, weights, traffic = release_new_version(
+        serving_root, server, canary_spec, shuffled=False, max_analyses=len(steps) + 8
+    )
     assert aliases[CHAMPION] == good and aliases[PREVIOUS] == champion, summaries
     assert CANARY not in aliases
     assert "promoted" in summaries[-1], summaries
