@@ -130,7 +130,10 @@ def analyse(
     if cursor.state is None or cursor.state.version != str(canary):
         cursor = CanaryCursor(CanaryState(version=str(canary)), None, iso_time_now())
     state = cursor.state
-    scraped = parse_metrics(metrics_text, name) if metrics_text is not None else {}
+    scraped = _parse(metrics_text, name)
+    if scraped is None:  # unreachable, or not Prometheus text (a proxy's error page): no evidence
+        metrics_text = None
+        scraped = {}
     canary_now = scraped.get((CANARY, str(canary)), VariantStats())
     before = None if cursor.last_scrape is None else VariantStats.from_dict(cursor.last_scrape)
     results = (
@@ -158,6 +161,15 @@ def analyse(
         CanaryCursor(new, canary_now.to_dict(), cursor.started, [*cursor.history, entry]),
         summary,
     )
+
+
+def _parse(metrics_text: str | None, pipeline: str) -> dict | None:
+    if metrics_text is None:
+        return None
+    try:
+        return parse_metrics(metrics_text, pipeline)
+    except ValueError:
+        return None
 
 
 def _act(spec, client, root, old, new, policy, champion, results, metrics_text) -> str:
