@@ -16,7 +16,7 @@ import json
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -48,12 +48,12 @@ LabelLoader = Callable[[list[str]], pd.DataFrame]
 
 @dataclass
 class CanaryCursor:
-    """Sensor cursor: the release under analysis and the canary's counters at the last scrape."""
+    """Sensor cursor: the release under analysis and the canary's counters at the last scrape
+    (the history of steps is in the audit trail, not here)."""
 
     state: CanaryState | None = None
     last_scrape: dict | None = None
     started: str | None = None  # ISO time the analysis of this version began
-    history: list[dict] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -61,7 +61,6 @@ class CanaryCursor:
                 "state": None if self.state is None else json.loads(self.state.to_json()),
                 "last_scrape": self.last_scrape,
                 "started": self.started,
-                "history": self.history[-20:],
             }
         )
 
@@ -73,7 +72,7 @@ class CanaryCursor:
         state = (
             None if data.get("state") is None else CanaryState.from_json(json.dumps(data["state"]))
         )
-        return cls(state, data.get("last_scrape"), data.get("started"), data.get("history", []))
+        return cls(state, data.get("last_scrape"), data.get("started"))
 
 
 def policy_for(spec: PipelineSpec) -> CanaryPolicy:
@@ -151,16 +150,7 @@ def analyse(
     )
     new = advance(state, results, policy)
     summary = _act(spec, client, root, state, new, policy, str(champion), results, metrics_text)
-    entry = {
-        "time": iso_time_now(),
-        "weight": new.weight(policy),
-        "phase": str(new.phase),
-        "summary": summary,
-    }
-    return (
-        CanaryCursor(new, canary_now.to_dict(), cursor.started, [*cursor.history, entry]),
-        summary,
-    )
+    return CanaryCursor(new, canary_now.to_dict(), cursor.started), summary
 
 
 def _parse(metrics_text: str | None, pipeline: str) -> dict | None:
