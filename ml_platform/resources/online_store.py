@@ -10,10 +10,9 @@ import dagster as dg
 import pandas as pd
 
 from ml_platform.serving.feature_store import entity_id, latest_rows, open_feature_store
-from ml_platform.settings import online_store_url
 from ml_platform.specs import PipelineSpec
 
-__all__ = ["OnlineStore", "entity_id", "online_store_url"]
+__all__ = ["OnlineStore"]
 
 
 class OnlineStore(dg.ConfigurableResource):
