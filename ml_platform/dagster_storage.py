@@ -3,25 +3,38 @@
 Dagster's `SqliteEventLogStorage` builds a new SQLAlchemy engine and a new connection for every
 write, and an asset event writes twice (run shard + index shard). At ~1,200 events for a 120-day
 backfill that bookkeeping was most of the run. This subclass keeps one engine per shard (a few
-recent run shards and the index), so a write is an insert on an open connection. Semantics are
-unchanged: same files, same schema, same transactions. Postgres needs none of this.
+recent run shards and the index), so a write is an insert on an open connection.
+
+It also writes event batches in one transaction per shard. Dagster hands a storage the events
+of a range run in batches (the planned events of every partition when the run is created, and a
+step's per-partition materializations) once `DAGSTER_EVENT_BATCH_SIZE` is set; the SQLite base
+class then still stores them one by one. This storage turns that setting on for its own process
+(an operator's value wins) and writes each batch with the same rows, in the same order, as
+`store_event` would. Postgres needs none of this.
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from dagster._core.events import ASSET_EVENTS
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
 )
+from dagster._core.storage.sqlalchemy_compat import db_result
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
 
 MAX_OPEN_SHARDS = 8  # the index plus recent runs; older engines are disposed
+EVENT_BATCH_SIZE_ENV = "DAGSTER_EVENT_BATCH_SIZE"  # read by Dagster's instance at every event
+EVENT_BATCH_SIZE = "1000"
 
 
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
@@ -30,6 +43,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     def __init__(self, base_dir: str, inst_data: Any = None) -> None:
         self._engines: OrderedDict[str, Engine] = OrderedDict()  # before: init may connect
         super().__init__(base_dir, inst_data)
+        os.environ.setdefault(EVENT_BATCH_SIZE_ENV, EVENT_BATCH_SIZE)
 
     @classmethod
     def from_config_value(cls, inst_data: Any, config_value: Any) -> PooledSqliteEventLogStorage:
@@ -58,6 +72,38 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         with self._db_lock, self._engine(shard).connect() as conn, conn.begin():
             yield conn
 
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """What `store_event` writes for each event, with one transaction per shard per run of
+        consecutive asset events instead of two transactions per event.
+
+        Events other than a run's asset events are stored one by one, in their place in the order.
+        """
+        group: list[EventLogEntry] = []
+        for event in events:
+            if group and not _same_run_asset_event(event, group[0].run_id):
+                self._store_asset_events(group)
+                group = []
+            if _same_run_asset_event(event, event.run_id):
+                group.append(event)
+            else:
+                self.store_event(event)
+        self._store_asset_events(group)
+
+    def _store_asset_events(self, events: list[EventLogEntry]) -> None:
+        if not events:
+            return
+        rows = [self._event_to_row(event) for event in events]  # serialises each event once
+        with self.run_connection(events[0].run_id) as conn:
+            conn.execute(SqlEventLogStorageTable.insert(), rows)
+        with self.index_transaction() as conn:
+            event_ids = []
+            for row in rows:
+                with db_result(conn, SqlEventLogStorageTable.insert().values(**row)) as result:
+                    event_ids.append(result.inserted_primary_key[0])
+            self._store_asset_event_tags(conn, events, event_ids)
+            for index in _last_of_each_kind_per_asset(events):
+                self._store_asset_event(conn, events[index], event_ids[index])
+
     def wipe(self) -> None:
         self._dispose_engines()
         super().wipe()
@@ -70,3 +116,28 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         while self._engines:
             _, engine = self._engines.popitem()
             engine.dispose()
+
+
+def _same_run_asset_event(event: EventLogEntry, run_id: str) -> bool:
+    dagster_event = event.dagster_event
+    return (
+        event.run_id == run_id
+        and dagster_event is not None
+        and dagster_event.event_type in ASSET_EVENTS
+        and dagster_event.asset_key is not None
+    )
+
+
+def _last_of_each_kind_per_asset(events: Sequence[EventLogEntry]) -> list[int]:
+    """Indexes of the events whose `asset_keys` row update survives, in their original order.
+
+    Each event type sets a fixed set of columns of its asset's row (a materialization its
+    last_materialization, run id and timestamp; a planned event its run id and timestamp; ...),
+    so applying the last event of each type per asset, in order, leaves the row exactly as
+    applying every event would.
+    """
+    last: dict[tuple[str, str], int] = {}
+    for index, event in enumerate(events):
+        dagster_event = event.get_dagster_event()
+        last[(str(dagster_event.asset_key), dagster_event.event_type_value)] = index
+    return sorted(last.values())

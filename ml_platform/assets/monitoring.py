@@ -13,7 +13,8 @@ import pandas as pd
 from ml_platform.assets.ingest import asset_key
 from ml_platform.assets.results import partition_dates, partitioned_output
 from ml_platform.core import training
-from ml_platform.core.drift import DriftThresholds, compute_drift, concept_drift, plot_top_drifted
+from ml_platform.core.drift import DriftThresholds, compute_drift, concept_drift
+from ml_platform.core.drift_plot import plot_top_drifted
 from ml_platform.core.storage import atomic_write, encode_frame
 from ml_platform.resources.platform import PlatformPaths
 from ml_platform.resources.registry import CHAMPION, ModelRegistry
@@ -105,11 +106,11 @@ def build_monitoring_assets(
             extra[day.isoformat()]["in_sample"] = bool(pd.Timestamp(day) <= reference_end)
             last = (day, window, report, concept)
         day, window, report, concept = last
-        png = plot_top_drifted(reference, window, report)
-        plot_path = paths.state_dir / "reports" / spec.name / f"drift_{day.isoformat()}.png"
-        atomic_write(plot_path, png)
+        svg = plot_top_drifted(reference, window, report).encode()
+        plot_path = paths.state_dir / "reports" / spec.name / f"drift_{day.isoformat()}.svg"
+        atomic_write(plot_path, svg)
         extra[day.isoformat()]["plot"] = dg.MetadataValue.md(
-            f"![top drifted features](data:image/png;base64,{base64.b64encode(png).decode()})"
+            f"![top drifted features](data:image/svg+xml;base64,{base64.b64encode(svg).decode()})"
         )
         extra[day.isoformat()]["plot_file"] = dg.MetadataValue.path(str(plot_path))
         yield partitioned_output(context, tables, extra)

@@ -12,7 +12,6 @@ columns takes well under a second and needs a few column-sized temporaries, neve
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -128,10 +127,10 @@ class DriftReport:
         for c in self.columns:
             limit = t.wasserstein if c.kind == NUMERIC else t.js
             lines.append(
-                f"| {_md(c.column)} | {c.kind} | {_fmt(c.psi)} | {_fmt(c.distance)} "
+                f"| {_md(c.column)} | {c.kind} | {format_stat(c.psi)} | {format_stat(c.distance)} "
                 f"| psi {t.psi:g}, {c.distance_name} {limit:g} "
                 f"| {c.missing_share_reference:.1%} → {c.missing_share_current:.1%} "
-                f"| {_fmt(c.p_value_adjusted)} | {'**yes**' if c.drifted else 'no'} "
+                f"| {format_stat(c.p_value_adjusted)} | {'**yes**' if c.drifted else 'no'} "
                 f"| {_md(c.reason)} |"
             )
         return "\n".join(lines)
@@ -219,32 +218,6 @@ def concept_drift(errors_current: np.ndarray, holdout_mae: float, tolerance: flo
     drifted = ratio > tolerance if ratio is not None else mae > 0
     result.update(mae_current=mae, ratio=ratio, drifted=bool(drifted))
     return result
-
-
-def plot_top_drifted(
-    reference: pd.DataFrame, current: pd.DataFrame, report: DriftReport, *, top: int = 3
-) -> bytes:
-    """PNG of reference vs current distributions for the most drifted columns."""
-    from matplotlib.figure import Figure  # lazy: keeps imports of this module light
-
-    ranked = sorted(report.columns, key=lambda c: (c.drifted, _severity(c, report.thresholds)))
-    chosen = ranked[::-1][: max(top, 1)]
-    fig = Figure(figsize=(4.2 * max(len(chosen), 1), 3.2), layout="constrained")
-    axes = fig.subplots(1, max(len(chosen), 1), squeeze=False)[0]
-    for ax, col in zip(axes, chosen, strict=False):
-        if col.kind == NUMERIC:
-            _plot_numeric(ax, reference[col.column], current[col.column])
-        else:
-            _plot_categorical(ax, reference[col.column], current[col.column])
-        verdict = "drifted" if col.drifted else "stable"
-        ax.set_title(f"{col.column}: {verdict} (psi {_fmt(col.psi)})", fontsize=9)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    if not chosen:
-        axes[0].text(0.5, 0.5, "no columns compared", ha="center", va="center")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    return buffer.getvalue()
 
 
 # --- column statistics --------------------------------------------------------------------------
@@ -455,6 +428,11 @@ def _as_float(series: pd.Series, window: str) -> np.ndarray:
     return series.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
+def finite_floats(series: pd.Series, window: str) -> np.ndarray:
+    """The column's finite values as float64 (for plots); raises DriftInputError if not numeric."""
+    return _finite(_as_float(series, window))[0]
+
+
 def _finite(values: np.ndarray) -> tuple[np.ndarray, float]:
     """Finite values and the share that is missing; inf counts as missing."""
     if values.size == 0:
@@ -554,38 +532,11 @@ def _looks_like_dates(series: pd.Series) -> bool:
     return bool(head.str.match(_ISO_DATE).all())
 
 
-def _severity(c: ColumnDrift, t: DriftThresholds) -> float:
+def severity(c: ColumnDrift, t: DriftThresholds) -> float:
+    """How far past its nearest threshold a column is (1.0 = at the threshold), for ranking."""
     limit = t.wasserstein if c.kind == NUMERIC else t.js
     missing = abs(c.missing_share_current - c.missing_share_reference) / t.missing_share
     return max((c.psi or 0.0) / t.psi, (c.distance or 0.0) / limit, missing)
-
-
-def _plot_numeric(ax: Any, ref: pd.Series, cur: pd.Series) -> None:
-    ref_values, _ = _finite(_as_float(ref, "reference"))
-    cur_values, _ = _finite(_as_float(cur, "current"))
-    present = [v for v in (ref_values, cur_values) if v.size]
-    if not present:
-        ax.text(0.5, 0.5, "all values missing", ha="center", va="center")
-        return
-    lo = min(float(np.quantile(v[:: max(1, v.size // _RANGE_SAMPLE)], 0.005)) for v in present)
-    hi = max(float(np.quantile(v[:: max(1, v.size // _RANGE_SAMPLE)], 0.995)) for v in present)
-    if not hi > lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    for values, label in ((ref_values, "reference"), (cur_values, "current")):
-        if values.size:
-            density, edges = np.histogram(values, bins=40, range=(lo, hi), density=True)
-            ax.stairs(density, edges, label=label, fill=label == "reference", alpha=0.6)
-
-
-def _plot_categorical(ax: Any, ref: pd.Series, cur: pd.Series) -> None:
-    shares = pd.DataFrame(
-        {"reference": ref.value_counts(normalize=True), "current": cur.value_counts(normalize=True)}
-    ).fillna(0.0)
-    shares = shares.loc[shares.max(axis=1).sort_values(ascending=False).index[:10]]
-    positions = np.arange(len(shares))
-    ax.bar(positions - 0.2, shares["reference"], width=0.4, label="reference")
-    ax.bar(positions + 0.2, shares["current"], width=0.4, label="current")
-    ax.set_xticks(positions, [str(i)[:12] for i in shares.index], rotation=45, fontsize=7)
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -598,7 +549,8 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def _fmt(value: float | None) -> str:
+def format_stat(value: float | None) -> str:
+    """A statistic for people: three significant digits, tiny values in e-notation, "-" if none."""
     if value is None:
         return "-"
     return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"

@@ -414,6 +414,12 @@ def test_drift_report_page_shows_the_report(server: DagsterDev, ui: Page):
     expect(report).to_contain_text("Dataset drift")
     expect(report.get_by_role("cell", name="units_sold_lag_7", exact=True)).to_be_visible()
     screenshot(ui, "drift_report.png")
+    ui.keyboard.press("Escape")
+    metadata_row(ui, "plot").get_by_text("[Show Markdown]").click()
+    plot = ui.get_by_role("dialog").get_by_role("img", name="top drifted features")
+    expect(plot).to_be_visible()  # the SVG data URI passes Dagster's Markdown sanitiser
+    width = plot.evaluate("img => img.complete ? img.naturalWidth : 0")
+    assert width >= 300, f"the drift plot did not render (natural width {width})"
 
 
 def test_automation_page_lists_every_sensor_and_schedule(server: DagsterDev, ui: Page):

@@ -3,7 +3,9 @@ dataset-drift flag and a failed WARN check."""
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
+from xml.etree import ElementTree
 
 import dagster as dg
 import pytest
@@ -69,4 +71,9 @@ def test_clean_then_drifted_landing_files(isolated_env, spec):
     assert "units_sold" in meta["drifted_columns"].value
     assert check.passed is False
     assert check.severity == dg.AssetCheckSeverity.WARN
-    assert "data:image/png;base64," in meta["plot"].value
+    prefix = "data:image/svg+xml;base64,"
+    assert prefix in meta["plot"].value
+    encoded = meta["plot"].value.split(prefix, 1)[1].rstrip(")")
+    svg = ElementTree.fromstring(base64.b64decode(encoded))
+    titles = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text") if t.text]
+    assert any(t.startswith("units_sold") and "drifted" in t for t in titles), titles

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from xml.etree import ElementTree
 
 import numpy as np
 import pandas as pd
@@ -18,9 +20,11 @@ from ml_platform.core.drift import (
     compute_drift,
     concept_drift,
     infer_column_kinds,
-    plot_top_drifted,
 )
+from ml_platform.core.drift_plot import plot_top_drifted
 from ml_platform.core.drift_render import render
+
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def _one(
@@ -320,10 +324,30 @@ def test_markdown_html_and_plot_render_the_report(rng):
     assert "sales\\|units" in markdown and "**yes**" in markdown
     page = render(report, "html")
     assert page.startswith("<!DOCTYPE html>") and "<table>" in page and "sales|units" in page
-    png = plot_top_drifted(reference, current, report, top=2)
-    assert png.startswith(b"\x89PNG") and len(png) > 1_000
+    svg = ElementTree.fromstring(plot_top_drifted(reference, current, report, top=2))
+    titles = [t.text for t in svg.iter(f"{SVG}text") if t.text and ": " in t.text]
+    assert [t.split(" (")[0] for t in titles] == ["sales|units: drifted", "store: stable"]
+    assert len(list(svg.iter(f"{SVG}path"))) == 4  # two panels' axes, two histograms
+    bars = [r for r in svg.iter(f"{SVG}rect") if float(r.get("height", 0)) > 0]
+    assert len(bars) >= 1 + 4 + 4  # background, 2 legend squares per panel, 2 stores × 2 windows
     with pytest.raises(ValueError, match="unknown format"):
         render(report, "xml")  # type: ignore[arg-type]
+
+
+def test_plot_escapes_hostile_names_and_says_when_values_are_missing():
+    hostile = "<script>alert(1)</script> & co"
+    reference = pd.DataFrame({hostile: [1.0, 2.0, 3.0] * 50, "gone": [1.0] * 150})
+    current = pd.DataFrame({hostile: [5.0, 6.0, 7.0] * 50, "gone": [np.nan] * 150})
+    report = compute_drift(reference, current)
+    text = plot_top_drifted(reference, current, report, top=2)
+    assert "<script>" not in text
+    svg = ElementTree.fromstring(text)  # well-formed XML despite the names
+    labels = [t.text for t in svg.iter(f"{SVG}text")]
+    assert any(label and label.startswith(hostile + ": drifted") for label in labels)
+    nothing = ElementTree.fromstring(
+        plot_top_drifted(reference, current, dataclasses.replace(report, columns=[]))
+    )
+    assert [t.text for t in nothing.iter(f"{SVG}text")] == ["no columns compared"]
 
 
 # --- scale --------------------------------------------------------------------------------------
