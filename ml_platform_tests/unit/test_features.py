@@ -37,6 +37,26 @@ def test_lags_and_rolling_means_are_exact(spec):
     assert np.isclose(row["units_sold_rolling_mean_7"], window.mean())
 
 
+def test_every_entity_gets_its_own_lags_with_several_products_and_gaps(spec):
+    """Rows are flattened from a day × entity matrix; each must land on its own entity."""
+    hist = pd.concat(
+        [history(stores=4).assign(product_id=p) for p in ("P01", "P02", "P03")], ignore_index=True
+    )
+    hist["units_sold"] = np.arange(len(hist))  # every value unique: a misplaced lag shows
+    hist = hist.sample(frac=0.9, random_state=3).reset_index(drop=True)  # gaps
+    days = [date(2024, 2, 20), date(2024, 2, 21)]
+    out = build_features(hist, spec, days)
+    assert len(out) == len(hist[hist.date.isin(pd.to_datetime(days))])
+    value = hist.set_index(["store_id", "product_id", "date"])["units_sold"]
+    for row in out.itertuples():
+        week_ago = (row.store_id, row.product_id, row.date - pd.Timedelta(days=6))
+        assert row.units_sold_lag_1 == value[(row.store_id, row.product_id, row.date)]
+        if week_ago in value.index:
+            assert row.units_sold_lag_7 == value[week_ago]
+        else:
+            assert np.isnan(row.units_sold_lag_7)
+
+
 def test_calendar_features_describe_the_predicted_day(spec):
     out = build_features(history(), spec, [date(2024, 2, 23)])  # a Friday → predicts Saturday
     assert set(out["day_of_week"]) == {5}
