@@ -424,6 +424,11 @@ def dagster_child(cfg: dict) -> dict:
             "peak_rss": peak.stage_peak(),
             "success": result.success,
             "events": len(instance.all_logs(result.run_id)),
+            "steps": {
+                s.step_key.split("__")[-1]: s.end_time - s.start_time
+                for s in instance.get_run_step_stats(result.run_id)
+                if s.end_time and s.start_time
+            },
             "materialized": sorted(
                 {"/".join(e.asset_key.path[1:]) for e in result.get_asset_materialization_events()}
             ),
@@ -730,6 +735,7 @@ def report_new_days(bench: Bench, out: dict) -> None:
                 f"{s['events']:>8}  {','.join(s['materialized'])}"
                 f"{'' if s['success'] else '  FAILED'}"
             )
+    log_step_medians(out, n_long, n_short)
     plain = out.get("plain")
     if plain and plain.get("new_days"):
         wall = statistics.median(r["seconds"] for r in plain["new_days"])
@@ -742,6 +748,25 @@ def report_new_days(bench: Bench, out: dict) -> None:
         "  as fresh processes (start-up + run, what a daemon-launched run costs): "
         f"{fmt(ratio(cold_long, backfill), '.1%')} of the backfill, "
         f"history ratio {fmt(ratio(cold_long, cold_short), '.2f')}"
+    )
+
+
+def log_step_medians(out: dict, n_long: int, n_short: int) -> None:
+    """Median seconds per step of the new-day runs: where a history difference comes from."""
+    medians = {}
+    for label, runs in (("long", out.get("new_long", [])), ("short", out.get("new_short", []))):
+        steps = [r["stages"]["new_day"].get("steps", {}) for r in runs]
+        names = sorted({name for s in steps for name in s})
+        medians[label] = {n: statistics.median(s[n] for s in steps if n in s) for n in names}
+    names = sorted(set(medians["long"]) | set(medians["short"]))
+    if not names:
+        return
+    log(
+        "  median seconds per step: "
+        + ", ".join(
+            f"{n} {medians['long'].get(n, 0):.2f} / {medians['short'].get(n, 0):.2f}" for n in names
+        )
+        + f"  ({n_long} / {n_short} days of history)"
     )
 
 
