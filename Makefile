@@ -18,8 +18,8 @@ install: $(STAMP)
 demo: install  ## generate ~2 years x 20 stores, materialise the whole graph, print a summary
 	$(BIN)/ml-platform demo
 
-test: install  ## the whole suite, slow end-to-end tests included (what CI runs)
-	$(BIN)/pytest -q -ra --durations=10
+test: install  ## the whole suite, slow end-to-end tests included (what CI runs), 2 workers by file
+	$(BIN)/pytest -q -ra --durations=10 -n 2 --dist loadfile
 
 test-fast: install  ## skip tests marked slow
 	$(BIN)/pytest -q -m "not slow"

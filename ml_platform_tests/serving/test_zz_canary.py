@@ -72,18 +72,20 @@ def register(root: Path, spec, shuffled: bool) -> str:
         training_set = training_set.assign(**{training.LABEL: labels})
     model = training.fit(training_set, spec)
     registry = registry_for(root)
-    mlflow.set_tracking_uri(registry.tracking_uri)
-    mlflow.set_registry_uri(registry.tracking_uri)
     experiment = registry.ensure_experiment(spec.name)
-    with mlflow.start_run(experiment_id=experiment):
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            serialization_format="skops",
-            skops_trusted_types=spec.model.skops_trusted_types,
-            registered_model_name=spec.name,
-        )
-    return str(info.registered_model_version)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment):
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                serialization_format="skops",
+                skops_trusted_types=spec.model.skops_trusted_types,
+            )
+    finally:  # MLflow's tracking URI is process-global: leave it as later tests expect
+        mlflow.set_tracking_uri(previous)
+    return registry.register_version(spec.name, info)
 
 
 def run_release(root: Path, server: str, spec, version: str, max_analyses: int):
