@@ -323,8 +323,9 @@ def plain_training(spec, features, registry, root: Path):
             skops_trusted_types=spec.model.skops_trusted_types,
             signature=infer_signature(example, model.predict(example)),
             input_example=example,
+            registered_model_name=spec.name,
         )
-    version = registry.register_version(spec.name, info)
+    version = str(info.registered_model_version)
     registry.tag_version(spec.name, version, {**lineage, **metrics})
     registry.set_alias(spec.name, "challenger", version)
     actual = rows[training.LABEL].to_numpy(dtype="float64")

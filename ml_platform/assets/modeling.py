@@ -246,9 +246,10 @@ def _train_and_register(spec, training_set, registry, tracker, lineage) -> tuple
         skops_trusted_types=spec.model.skops_trusted_types,
         signature=infer_signature(example, model.predict(example)),
         input_example=example,
+        registered_model_name=spec.name,
     )
     _log_reference(tracker, training_set, spec)
-    version = registry.register_version(spec.name, info)
+    version = str(info.registered_model_version)
     params = {f"param.{k}": v for k, v in spec.model.params.items()}
     registry.tag_version(
         spec.name, version, {**lineage, **metrics, **params, "estimator": spec.model.estimator}

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -63,28 +62,6 @@ class ModelRegistry(dg.ConfigurableResource):
             with contextlib.suppress(MlflowException):
                 client.create_registered_model(name, description=description)
             client.get_registered_model(name)
-
-    def register_version(self, name: str, logged_model: Any) -> str:
-        """Register a logged model (`log_model`'s result) as a new version of `name`, here.
-
-        Through our own client: `log_model(registered_model_name=...)` would use MLflow's
-        process-global registry URI, which anything in the process (or MLFLOW_REGISTRY_URI in
-        its environment) may have pointed at another root's registry. MLflow's SQL registry
-        still looks the logged model up through the global tracking URI (a TODO in MLflow), so
-        that points here for the call and is put back afterwards.
-        """
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.tracking_uri)
-        try:
-            version = self.client().create_model_version(
-                name=name,
-                source=logged_model.model_uri,
-                run_id=logged_model.run_id,
-                model_id=logged_model.model_id,
-            )
-        finally:
-            mlflow.set_tracking_uri(previous)
-        return str(version.version)
 
     def find_version(self, name: str, fingerprint: str) -> ModelVersion | None:
         """The version already trained from exactly this data, code and spec, if any."""

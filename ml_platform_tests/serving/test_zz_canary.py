@@ -8,8 +8,11 @@ moves the champion.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -73,19 +76,38 @@ def register(root: Path, spec, shuffled: bool) -> str:
     model = training.fit(training_set, spec)
     registry = registry_for(root)
     experiment = registry.ensure_experiment(spec.name)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(registry.tracking_uri)
+    with mlflow_pointed_at(registry.tracking_uri), mlflow.start_run(experiment_id=experiment):
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            serialization_format="skops",
+            skops_trusted_types=spec.model.skops_trusted_types,
+            registered_model_name=spec.name,
+        )
+    return str(info.registered_model_version)
+
+
+@contextlib.contextmanager
+def mlflow_pointed_at(uri: str) -> Iterator[None]:
+    """MLflow's fluent API keeps its URIs process-wide and exports them as env vars (which later
+    servers and runs inherit): point them here for the block, then put every bit back."""
+    from mlflow.tracking._model_registry import utils as registry_state
+    from mlflow.tracking._tracking_service import utils as tracking_state
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {name: os.environ.get(name) for name in names}
+    saved = (tracking_state._tracking_uri, registry_state._registry_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
-        with mlflow.start_run(experiment_id=experiment):
-            info = mlflow.sklearn.log_model(
-                model,
-                name="model",
-                serialization_format="skops",
-                skops_trusted_types=spec.model.skops_trusted_types,
-            )
-    finally:  # MLflow's tracking URI is process-global: leave it as later tests expect
-        mlflow.set_tracking_uri(previous)
-    return registry.register_version(spec.name, info)
+        yield
+    finally:
+        tracking_state._tracking_uri, registry_state._registry_uri = saved
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def run_release(root: Path, server: str, spec, version: str, max_analyses: int):
