@@ -19,6 +19,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from itertools import groupby
 from typing import Any
 
 from dagster._core.events import ASSET_EVENTS
@@ -78,20 +79,14 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
         Events other than a run's asset events are stored one by one, in their place in the order.
         """
-        group: list[EventLogEntry] = []
-        for event in events:
-            if group and not _same_run_asset_event(event, group[0].run_id):
-                self._store_asset_events(group)
-                group = []
-            if _same_run_asset_event(event, event.run_id):
-                group.append(event)
+        for (is_asset, _run_id), run in groupby(events, key=lambda e: (_is_asset(e), e.run_id)):
+            if is_asset:
+                self._store_asset_events(list(run))
             else:
-                self.store_event(event)
-        self._store_asset_events(group)
+                for event in run:
+                    self.store_event(event)
 
     def _store_asset_events(self, events: list[EventLogEntry]) -> None:
-        if not events:
-            return
         rows = [self._event_to_row(event) for event in events]  # serialises each event once
         with self.run_connection(events[0].run_id) as conn:
             conn.execute(SqlEventLogStorageTable.insert(), rows)
@@ -118,11 +113,10 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             engine.dispose()
 
 
-def _same_run_asset_event(event: EventLogEntry, run_id: str) -> bool:
+def _is_asset(event: EventLogEntry) -> bool:
     dagster_event = event.dagster_event
     return (
-        event.run_id == run_id
-        and dagster_event is not None
+        dagster_event is not None
         and dagster_event.event_type in ASSET_EVENTS
         and dagster_event.asset_key is not None
     )

@@ -23,6 +23,9 @@ from ml_platform.core.drift import (
 
 PANEL_WIDTH, PANEL_HEIGHT = 330, 230
 PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 44, 12, 40, 48  # margins inside a panel
+PLOT_WIDTH = PANEL_WIDTH - PLOT_LEFT - PLOT_RIGHT
+PLOT_HEIGHT = PANEL_HEIGHT - PLOT_TOP - PLOT_BOTTOM
+X_AXIS_Y = PANEL_HEIGHT - PLOT_BOTTOM  # the baseline every bar and histogram stands on
 HISTOGRAM_BINS = 40
 MAX_CATEGORIES = 10
 RANGE_SAMPLE = 20_000  # the plotted range comes from a strided sample of at most this many values
@@ -95,16 +98,16 @@ def _categorical(ref: pd.Series, cur: pd.Series) -> list[str]:
     shares = shares.loc[shares.max(axis=1).sort_values(ascending=False).index[:MAX_CATEGORIES]]
     y_max = float(shares.to_numpy().max()) if len(shares) else 1.0
     out = _axes("", "", "", y_max or 1.0)
-    slot = _plot_width() / max(len(shares), 1)
+    slot = PLOT_WIDTH / max(len(shares), 1)
     for i, (category, row) in enumerate(shares.iterrows()):
         for j, label in enumerate(("reference", "current")):
-            bar = row[label] / (y_max or 1.0) * _plot_height()
+            bar = row[label] / (y_max or 1.0) * PLOT_HEIGHT
             x = PLOT_LEFT + i * slot + slot * (0.1 + 0.4 * j)
             out.append(
-                f'<rect x="{x:.1f}" y="{_y0() - bar:.1f}" width="{slot * 0.4:.1f}" '
+                f'<rect x="{x:.1f}" y="{X_AXIS_Y - bar:.1f}" width="{slot * 0.4:.1f}" '
                 f'height="{bar:.1f}" fill="{COLORS[label]}"/>'
             )
-        x_label, y_label = PLOT_LEFT + (i + 0.5) * slot, _y0() + 12
+        x_label, y_label = PLOT_LEFT + (i + 0.5) * slot, X_AXIS_Y + 12
         out.append(
             f'<text x="{x_label:.1f}" y="{y_label}" font-size="9" {FONT} text-anchor="end" '
             f'transform="rotate(-45 {x_label:.1f} {y_label})">{escape(str(category)[:12])}</text>'
@@ -113,7 +116,7 @@ def _categorical(ref: pd.Series, cur: pd.Series) -> list[str]:
 
 
 def _axes(x_lo: str, x_mid: str, x_hi: str, y_max: float) -> list[str]:
-    right, bottom = PANEL_WIDTH - PLOT_RIGHT, _y0()
+    right, bottom = PANEL_WIDTH - PLOT_RIGHT, X_AXIS_Y
     out = [
         f'<path d="M{PLOT_LEFT},{PLOT_TOP} V{bottom} H{right}" fill="none" stroke="#333"/>',
         _text(PLOT_LEFT - 4, bottom, "0", anchor="end", size=9),
@@ -131,12 +134,12 @@ def _axes(x_lo: str, x_mid: str, x_hi: str, y_max: float) -> list[str]:
 
 def _steps(density: np.ndarray, y_max: float, *, fill: bool, color: str) -> str:
     """A stairs outline of a histogram; filled for the reference, a line for the current."""
-    step = _plot_width() / len(density)
-    heights = _y0() - density / y_max * _plot_height()
-    points = [f"M{PLOT_LEFT},{_y0()}"]
+    step = PLOT_WIDTH / len(density)
+    heights = X_AXIS_Y - density / y_max * PLOT_HEIGHT
+    points = [f"M{PLOT_LEFT},{X_AXIS_Y}"]
     for i, y in enumerate(heights):
         points.append(f"V{y:.1f} H{PLOT_LEFT + (i + 1) * step:.1f}")
-    points.append(f"V{_y0()}")
+    points.append(f"V{X_AXIS_Y}")
     if fill:
         style = f'fill="{color}" fill-opacity="0.45" stroke="none"'
     else:
@@ -165,15 +168,3 @@ def _text(
 
 def _sample(values: np.ndarray) -> np.ndarray:
     return values[:: max(1, values.size // RANGE_SAMPLE)]
-
-
-def _plot_width() -> float:
-    return PANEL_WIDTH - PLOT_LEFT - PLOT_RIGHT
-
-
-def _plot_height() -> float:
-    return PANEL_HEIGHT - PLOT_TOP - PLOT_BOTTOM
-
-
-def _y0() -> float:
-    return PANEL_HEIGHT - PLOT_BOTTOM
