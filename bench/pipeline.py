@@ -190,6 +190,7 @@ def plain_child(cfg: dict) -> dict:
     """The same core functions, wired by hand, with the same parquet writes and side effects."""
     import pandas as pd
 
+    from ml_platform.core import training
     from ml_platform.core.contracts import read_landing_file, validate_batch
     from ml_platform.core.features import build_features, split_by_day
     from ml_platform.core.storage import atomic_write, encode_frame, md5_file
@@ -229,7 +230,7 @@ def plain_child(cfg: dict) -> dict:
         online.write_latest(spec, frame)
 
     def write_predictions(model, version: str, frame: pd.DataFrame, pred_days: list[date]) -> None:
-        out = prediction_frame(model, frame, spec, version)
+        out = training.prediction_frame(model, frame, spec, int(version))
         by_day, empty = split_by_day(out, spec.timestamp), out.iloc[0:0]
         for d in pred_days:
             write("predictions", d.isoformat(), by_day.get(d.isoformat(), empty))
@@ -277,19 +278,6 @@ def plain_child(cfg: dict) -> dict:
         )
         log(f"      plain new day {key}: {new_days[-1]['seconds']:.2f}s")
     return {"stages": stages, "new_days": new_days, "peak_rss": peak.overall}
-
-
-def prediction_frame(model, features, spec, version: str):
-    """The predictions asset's frame, built from the same core `predict`."""
-    import pandas as pd
-
-    from ml_platform.core import training
-
-    out = features[[*spec.entity_keys, spec.timestamp]].copy()
-    out["prediction_for"] = out[spec.timestamp] + pd.Timedelta(days=spec.horizon_days)
-    out["prediction"] = training.predict(model, features, spec) if len(features) else []
-    out["model_version"] = int(version)
-    return out
 
 
 def plain_training(spec, features, registry, root: Path):

@@ -201,7 +201,7 @@ def build_modeling_assets(
         except LookupError as exc:
             context.log.warning(f"{exc}; no predictions until a model is promoted")
             return
-        frame = _predict_frame(model, features, spec, version.version)
+        frame = training.prediction_frame(model, features, spec, int(version.version))
         by_day = split_by_day(frame, spec.timestamp)
         empty = frame.iloc[0:0]
         encoded = {k: encode_frame(by_day.get(k, empty)) for k in context.partition_keys}
@@ -285,14 +285,6 @@ def _holdout_errors(rows, spec, registry, trusted, has_champion: bool) -> dict[s
         champion_model, _ = registry.load_model(spec.name, CHAMPION, trusted)
         errors["champion"] = actual - training.predict(champion_model, rows, spec)
     return errors
-
-
-def _predict_frame(model, features: pd.DataFrame, spec: PipelineSpec, version: str) -> pd.DataFrame:
-    out = features[[*spec.entity_keys, spec.timestamp]].copy()
-    out["prediction_for"] = out[spec.timestamp] + pd.Timedelta(days=spec.horizon_days)
-    out["prediction"] = training.predict(model, features, spec) if len(features) else []
-    out["model_version"] = int(version)
-    return out
 
 
 def _decision_metadata(decision, candidate, incumbent, alias: str) -> dict:

@@ -1,5 +1,6 @@
 """The daily drift report: data drift against the champion's training reference, plus concept
-drift (champion error on newly labelled days against its holdout error)."""
+drift (the error of the champion's stored predictions, once their labels arrive, against its
+holdout error)."""
 
 import base64
 import dataclasses
@@ -7,8 +8,8 @@ from collections.abc import Iterator
 from datetime import date, timedelta
 
 import dagster as dg
-import numpy as np
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
 
 from ml_platform.assets.ingest import asset_key
 from ml_platform.assets.results import partition_dates, partitioned_output
@@ -54,7 +55,15 @@ def build_monitoring_assets(
         group_name=spec.name,
         io_manager_key="parquet_io",
         output_required=False,
-        ins={"features": dg.AssetIn(asset_key(spec, "features"), partition_mapping=mapping)},
+        ins={
+            "features": dg.AssetIn(asset_key(spec, "features"), partition_mapping=mapping),
+            # Days predicted before the champion existed have no partition: read as no rows.
+            "predictions": dg.AssetIn(
+                asset_key(spec, "predictions"),
+                partition_mapping=mapping,
+                metadata={"allow_missing": True},
+            ),
+        },
         deps=[asset_key(spec, "promotion")],
         kinds={"pandas"},
         check_specs=[
@@ -71,15 +80,16 @@ def build_monitoring_assets(
     def drift_report(
         context: dg.AssetExecutionContext,
         features: pd.DataFrame,
+        predictions: pd.DataFrame,
         registry: ModelRegistry,
         paths: PlatformPaths,
     ) -> Iterator:
-        try:
-            model, version = registry.load_model(
-                spec.name, CHAMPION, spec.model.skops_trusted_types
+        version = registry.alias_version(spec.name, CHAMPION)
+        if version is None:
+            context.log.warning(
+                f"registered model {spec.name!r} has no champion yet; "
+                "no drift report until a model is promoted"
             )
-        except LookupError as exc:
-            context.log.warning(f"{exc}; no drift report until a model is promoted")
             yield dg.AssetCheckResult(
                 check_name=DRIFT_CHECK,
                 asset_key=key,
@@ -98,7 +108,7 @@ def build_monitoring_assets(
             )
             if pd.Timestamp(day) <= reference_end:  # the model has seen these days: no verdict
                 report = dataclasses.replace(report, dataset_drift=False)
-            concept = _concept(model, window, spec, float(version.tags["holdout_mae"]))
+            concept = _concept(predictions, window, spec, version)
             tables[day.isoformat()] = encode_frame(
                 pd.DataFrame([c.to_dict() for c in report.columns])
             )
@@ -137,14 +147,12 @@ def _window(features: pd.DataFrame, spec: PipelineSpec, day: date) -> pd.DataFra
     return features[(ts >= start) & (ts <= pd.Timestamp(day))].reset_index(drop=True)
 
 
-def _concept(model, window: pd.DataFrame, spec: PipelineSpec, holdout_mae: float) -> dict:
-    """Champion error on the window's rows whose next-day label has already arrived."""
-    labelled = training.attach_labels(window, spec).dropna(subset=[training.LABEL])
-    errors = (
-        labelled[training.LABEL].to_numpy(dtype="float64") - training.predict(model, labelled, spec)
-        if len(labelled)
-        else np.array([])
-    )
+def _concept(
+    predictions: pd.DataFrame, window: pd.DataFrame, spec: PipelineSpec, version: ModelVersion
+) -> dict:
+    """Error of the champion's stored predictions for the window, where the label has arrived."""
+    errors = training.realised_errors(predictions, window, spec, int(version.version))
+    holdout_mae = float(version.tags["holdout_mae"])
     return concept_drift(errors, holdout_mae, spec.drift.concept_drift_tolerance)
 
 

@@ -14,6 +14,8 @@ from ml_platform.specs import PipelineSpec
 
 LABEL = "label"
 SPLIT = "split"
+PREDICTION = "prediction"  # columns of the predictions asset
+MODEL_VERSION = "model_version"
 
 
 class TrainingDataError(ValueError):
@@ -26,6 +28,23 @@ def attach_labels(features: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
     later = features[[*keys, ts, spec.target]].rename(columns={spec.target: LABEL})
     later[ts] = later[ts] - pd.Timedelta(days=spec.horizon_days)
     return features.merge(later, on=[*keys, ts], how="left")
+
+
+def realised_errors(
+    predictions: pd.DataFrame, features: pd.DataFrame, spec: PipelineSpec, model_version: int
+) -> np.ndarray:
+    """Label minus stored prediction, for the rows `model_version` predicted whose label arrived.
+
+    Monitoring scores the predictions that were actually made, not a fresh re-prediction: a row
+    another version predicted says nothing about this one, so it is left out.
+    """
+    keys = [*spec.entity_keys, spec.timestamp]
+    if predictions.empty or PREDICTION not in predictions.columns:
+        return np.array([], dtype="float64")
+    made = predictions.loc[predictions[MODEL_VERSION] == int(model_version), [*keys, PREDICTION]]
+    labels = attach_labels(features[[*keys, spec.target]], spec).dropna(subset=[LABEL])
+    scored = made.merge(labels[[*keys, LABEL]], on=keys, how="inner", validate="one_to_one")
+    return scored[LABEL].to_numpy(dtype="float64") - scored[PREDICTION].to_numpy(dtype="float64")
 
 
 def window_partitions(spec: PipelineSpec) -> int:
@@ -101,6 +120,17 @@ def holdout(training_set: pd.DataFrame) -> pd.DataFrame:
 def predict(model: Pipeline, frame: pd.DataFrame, spec: PipelineSpec) -> np.ndarray:
     """Predictions clipped at zero: negative demand is never a useful forecast."""
     return clip_predictions(model.predict(frame[spec.feature_columns]))
+
+
+def prediction_frame(
+    model: Pipeline, features: pd.DataFrame, spec: PipelineSpec, model_version: int
+) -> pd.DataFrame:
+    """The stored predictions: entity, feature day, the day predicted, value and model version."""
+    out = features[[*spec.entity_keys, spec.timestamp]].copy()
+    out["prediction_for"] = out[spec.timestamp] + pd.Timedelta(days=spec.horizon_days)
+    out[PREDICTION] = predict(model, features, spec) if len(features) else []
+    out[MODEL_VERSION] = int(model_version)
+    return out
 
 
 def clip_predictions(values: np.ndarray) -> np.ndarray:

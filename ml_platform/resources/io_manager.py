@@ -36,14 +36,16 @@ class ParquetIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame | dict[str, pd.DataFrame]:
         """One frame, or `{partition: frame}` when the input asks for `by_partition`; an input
-        with `latest_partitions: N` gets only the newest N materialised partitions."""
+        with `latest_partitions: N` gets only the newest N materialised partitions, and one with
+        `allow_missing: True` gets an empty frame, not a failure, when none is materialised."""
         key = context.asset_key
         if not context.has_asset_partitions:
             return _read(self.path_for(key), key)
         partitions = context.asset_partition_keys
         if (context.definition_metadata or {}).get("by_partition"):
             return {p: _read(self.path_for(key, p), key) for p in partitions}
-        if len(partitions) == 1:
+        allow_missing = bool((context.definition_metadata or {}).get("allow_missing"))
+        if len(partitions) == 1 and not allow_missing:
             return _read(self.path_for(key, partitions[0]), key)
         paths = [self.path_for(key, p) for p in partitions]
         missing = [p.stem for p in paths if not p.exists()]
@@ -57,6 +59,8 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         if latest:  # a consumer that needs only a recent window reads only that
             present = present[-int(latest) :]
         frames = [read_frame(p) for p in present]
+        if not frames and allow_missing:
+            return pd.DataFrame()
         if not frames:
             raise dg.Failure(
                 f"no materialised partitions of {key.to_user_string()} in "

@@ -20,7 +20,11 @@ EXPECTED_EDGES = {
     "sales_forecast/challenger": {"sales_forecast/training_set"},
     "sales_forecast/promotion": {"sales_forecast/training_set", "sales_forecast/challenger"},
     "sales_forecast/predictions": {"sales_forecast/features", "sales_forecast/promotion"},
-    "sales_forecast/drift_report": {"sales_forecast/features", "sales_forecast/promotion"},
+    "sales_forecast/drift_report": {
+        "sales_forecast/features",
+        "sales_forecast/predictions",
+        "sales_forecast/promotion",
+    },
 }
 
 

@@ -1,5 +1,5 @@
-"""drift_report on a real instance: clean days raise nothing, a drifted fortnight raises both the
-dataset-drift flag and a failed WARN check."""
+"""drift_report on a real instance: clean days raise nothing, a drifted fortnight raises the
+dataset-drift flag, concept drift on the stored predictions and a failed WARN check."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from datetime import timedelta
 from xml.etree import ElementTree
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from ml_platform.demo import run_demo
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 INGEST = "sales_forecast_ingest"
 
 
-def ingest_range(root, first: str, last: str):
+def ingest_range(root, first: str, last: str, selection: list[dg.AssetKey] | None = None):
     from ml_platform.definitions import build_definitions
 
     job = build_definitions(root).resolve_job_def(INGEST)
@@ -28,6 +29,7 @@ def ingest_range(root, first: str, last: str):
             "dagster/asset_partition_range_end": last,
         },
         raise_on_error=False,
+        asset_selection=selection,
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
 
@@ -45,6 +47,12 @@ def report_for(spec, partition: str):
     return record.asset_materialization.metadata, evaluation
 
 
+def stored_predictions(root, spec, first, days: int) -> int:
+    folder = root / "data" / spec.name / "predictions"
+    names = [(first + timedelta(days=i)).isoformat() for i in range(days)]
+    return sum(len(pd.read_parquet(folder / f"{name}.parquet")) for name in names)
+
+
 def test_clean_then_drifted_landing_files(isolated_env, spec):
     root = isolated_env
     generate(root, spec, stores=20, days=150, seed=5)
@@ -59,6 +67,9 @@ def test_clean_then_drifted_landing_files(isolated_env, spec):
     assert meta["dataset_drift"].value is False
     assert meta["in_sample"].value is False
     assert check.passed is True
+    # Concept drift scores the champion's stored predictions of the 13 days whose label arrived.
+    assert meta["concept_labelled_rows"].value == stored_predictions(root, spec, start, 13)
+    assert meta["concept_drift"].value is False
 
     shifted_from = start + timedelta(days=14)
     generate(root, spec, stores=20, days=14, seed=5, shift_from=shifted_from, shift_strength=1.0)
@@ -69,6 +80,8 @@ def test_clean_then_drifted_landing_files(isolated_env, spec):
     assert meta["dataset_drift"].value is True
     assert meta["drift_share"].value >= spec.drift.drift_share
     assert "units_sold" in meta["drifted_columns"].value
+    assert meta["concept_drift"].value is True  # the shifted days' labels defeat the champion
+    assert meta["concept_mae_ratio"].value > spec.drift.concept_drift_tolerance
     assert check.passed is False
     assert check.severity == dg.AssetCheckSeverity.WARN
     prefix = "data:image/svg+xml;base64,"
@@ -77,3 +90,18 @@ def test_clean_then_drifted_landing_files(isolated_env, spec):
     svg = ElementTree.fromstring(base64.b64decode(encoded))
     titles = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text") if t.text]
     assert any(t.startswith("units_sold") and "drifted" in t for t in titles), titles
+
+    # Days nobody predicted (predictions not materialised) still get a report; concept drift
+    # scores only the window's days that were predicted, instead of failing the report.
+    unpredicted = shifted_from + timedelta(days=14)
+    generate(root, spec, stores=20, days=2, seed=5, start=unpredicted)
+    day = (unpredicted + timedelta(days=1)).isoformat()
+    stages = ["raw", "validated", "quarantine", "features", "drift_report"]
+    selection = [dg.AssetKey([spec.name, stage]) for stage in stages]
+    result = ingest_range(root, unpredicted.isoformat(), day, selection=selection)
+    assert result.success, failure_messages(result)
+    meta, _ = report_for(spec, day)
+    assert meta["concept_labelled_rows"].value == stored_predictions(
+        root, spec, unpredicted - timedelta(days=12), 12
+    )
+    assert meta["dataset_drift"].value is True

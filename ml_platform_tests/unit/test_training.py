@@ -100,3 +100,34 @@ def test_only_sklearn_regressors_are_allowed(spec):
     bad = spec.model.model_copy(update={"estimator": "sklearn.cluster.KMeans", "params": {}})
     with pytest.raises(TypeError, match="not a sklearn regressor"):
         training.make_estimator(spec.model_copy(update={"model": bad}))
+
+
+def test_realised_errors_score_the_stored_predictions_of_one_version(features, spec, model):
+    window = features[features.date >= "2024-07-01"].reset_index(drop=True)
+    stored = training.prediction_frame(model, window, spec, model_version=3)
+    older = training.prediction_frame(model, window, spec, model_version=2)
+    older["prediction"] = 1e6  # another version's rows must not count
+    last_day = window.date.max()
+
+    errors = training.realised_errors(pd.concat([stored, older]), window, spec, model_version=3)
+
+    labelled = training.attach_labels(window, spec).dropna(subset=[training.LABEL])
+    assert len(labelled) == (window.date < last_day).sum()  # the last day's label is not here yet
+    expected = labelled[training.LABEL].to_numpy() - training.predict(model, labelled, spec)
+    np.testing.assert_allclose(np.sort(errors), np.sort(expected))
+
+
+def test_realised_errors_use_the_stored_value_not_a_new_prediction(features, spec, model):
+    window = features[features.date >= "2024-07-01"].reset_index(drop=True)
+    stored = training.prediction_frame(model, window, spec, model_version=1)
+    stored["prediction"] = 0.0
+    errors = training.realised_errors(stored, window, spec, model_version=1)
+    labelled = training.attach_labels(window, spec).dropna(subset=[training.LABEL])
+    np.testing.assert_allclose(np.sort(errors), np.sort(labelled[training.LABEL].to_numpy()))
+
+
+@pytest.mark.parametrize("columns", [None, ["store_id", "date"]])
+def test_realised_errors_without_stored_predictions_are_empty(features, spec, columns):
+    predictions = pd.DataFrame(columns=columns)
+    errors = training.realised_errors(predictions, features.tail(20), spec, model_version=1)
+    assert errors.shape == (0,)
