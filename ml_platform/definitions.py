@@ -21,7 +21,7 @@ from ml_platform.automation.canary_sensor import build_canary_sensor
 from ml_platform.automation.jobs import build_jobs
 from ml_platform.automation.ledger import build_dvc_recorder
 from ml_platform.automation.sensors import build_automation, build_failure_sensor
-from ml_platform.instance import tune_embedded_sqlite
+from ml_platform.instance import freeze_loaded_heap, tune_embedded_sqlite
 from ml_platform.resources.io_manager import ParquetIOManager
 from ml_platform.resources.online_store import OnlineStore
 from ml_platform.resources.platform import PlatformPaths
@@ -74,3 +74,4 @@ def build_definitions(root: Path | None = None, spec_dir: Path | None = None) ->
 
 
 defs = build_definitions()
+freeze_loaded_heap()  # loaded once per process and kept for life: see its docstring

@@ -90,3 +90,22 @@ def tune_embedded_sqlite() -> None:
             cursor.close()
 
     _TUNED = True
+
+
+def freeze_loaded_heap() -> int:
+    """Exclude everything loaded so far from Python's cyclic garbage collector; returns how many.
+
+    A process that loads this code location (a run worker, the daemon, the webserver's code
+    server) keeps its import-time objects for life: Dagster, MLflow, pandas and scikit-learn leave
+    about 300,000 of them. Each full collection walked them all again, about 0.25 s on this kind
+    of machine, and a full collection fires whenever a run allocates enough (a bigger model tips
+    it), so a new-day run paid it or not by chance. Frozen, they are skipped; only the objects
+    a run creates are collected. The import leaves almost no garbage to strand (28 objects when
+    measured). Set ML_PLATFORM_GC_FREEZE=0 to opt out.
+    """
+    import gc
+
+    if os.environ.get("ML_PLATFORM_GC_FREEZE") == "0":
+        return 0
+    gc.freeze()
+    return gc.get_freeze_count()
