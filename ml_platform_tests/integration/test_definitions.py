@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
 import dagster as dg
+import yaml
 
 from ml_platform.definitions import build_definitions
 from ml_platform_tests.conftest import REPO_ROOT
@@ -130,3 +132,34 @@ def test_dagster_cli_validates_the_definitions():
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+DAGSTER_CLI = [sys.executable, "-m", "dagster"]
+RAW_AND_CHILDREN = "sales_forecast/raw+"
+MODULE = "ml_platform.definitions"
+
+
+def test_dagster_selection_syntax_works_beside_dvc():
+    """Dagster's `--select` parser and DVC's hydra share antlr4: the pinned versions must agree."""
+    result = subprocess.run(
+        [*DAGSTER_CLI, "asset", "list", "-m", MODULE, "--select", RAW_AND_CHILDREN],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    listed = set(result.stdout.split())
+    assert listed == {"sales_forecast/raw", "sales_forecast/validated", "sales_forecast/quarantine"}
+
+
+def test_dvc_set_param_overrides_our_params_file(tmp_path):
+    """`dvc exp run --set-param` parses overrides with hydra; it must still work with that pin."""
+    from dvc.utils.hydra import apply_overrides
+
+    params = tmp_path / "params.yaml"
+    shutil.copy(REPO_ROOT / "params.yaml", params)
+    apply_overrides(params, ["sales_forecast.model.max_iter=120"])
+    model = yaml.safe_load(params.read_text())["sales_forecast"]["model"]
+    assert model["max_iter"] == 120
+    assert model["learning_rate"] == 0.05  # the rest of the file is untouched
