@@ -192,7 +192,7 @@ def plain_child(cfg: dict) -> dict:
 
     from ml_platform.core import training
     from ml_platform.core.contracts import read_landing_file, validate_batch
-    from ml_platform.core.features import build_features, split_by_day
+    from ml_platform.core.features import build_features, encode_by_day
     from ml_platform.core.storage import atomic_write, encode_frame, md5_file
     from ml_platform.resources.online_store import OnlineStore
     from ml_platform.resources.registry import ModelRegistry
@@ -223,17 +223,20 @@ def plain_child(cfg: dict) -> dict:
         write("quarantine", key, result.quarantine)
         return result.valid
 
+    def write_by_day(stage: str, frame: pd.DataFrame, days: list[date]) -> None:
+        for key, encoded in encode_by_day(
+            frame, spec.timestamp, [d.isoformat() for d in days]
+        ).items():
+            atomic_write(data / stage / f"{key}.parquet", encoded.payload)
+
     def write_features(frame: pd.DataFrame, feature_days: list[date]) -> None:
-        by_day, empty = split_by_day(frame, spec.timestamp), frame.iloc[0:0]
-        for d in feature_days:
-            write("features", d.isoformat(), by_day.get(d.isoformat(), empty))
+        write_by_day("features", frame, feature_days)
         online.write_latest(spec, frame)
 
     def write_predictions(model, version: str, frame: pd.DataFrame, pred_days: list[date]) -> None:
-        out = training.prediction_frame(model, frame, spec, int(version))
-        by_day, empty = split_by_day(out, spec.timestamp), out.iloc[0:0]
-        for d in pred_days:
-            write("predictions", d.isoformat(), by_day.get(d.isoformat(), empty))
+        write_by_day(
+            "predictions", training.prediction_frame(model, frame, spec, int(version)), pred_days
+        )
 
     def timed(name: str):
         return _Stage(name, stages, peak, data)

@@ -12,7 +12,7 @@ from ml_platform.core.contracts import (
     read_landing_file,
     validate_batch,
 )
-from ml_platform.core.features import build_features, split_by_day
+from ml_platform.core.features import build_features, encode_by_day
 from ml_platform.core.storage import encode_frame, md5_file
 from ml_platform.resources.online_store import OnlineStore
 from ml_platform.resources.platform import PlatformPaths
@@ -122,9 +122,7 @@ def build_ingest_assets(
     ) -> dg.Output:
         days = partition_dates(context)
         frame = build_features(validated, spec, days)
-        by_day = split_by_day(frame, spec.timestamp)
-        empty = frame.iloc[0:0]
-        encoded = {d.isoformat(): encode_frame(by_day.get(d.isoformat(), empty)) for d in days}
+        encoded = encode_by_day(frame, spec.timestamp, [d.isoformat() for d in days])
         written = online_store.write_latest(spec, frame)
         context.log.info(f"online store: {written} entity rows upserted")
         return partitioned_output(context, encoded)

@@ -14,7 +14,7 @@ from mlflow.models import infer_signature
 from ml_platform.assets.ingest import asset_key
 from ml_platform.assets.results import frame_output, partitioned_output
 from ml_platform.core import training
-from ml_platform.core.features import split_by_day
+from ml_platform.core.features import encode_by_day
 from ml_platform.core.promotion import decide
 from ml_platform.core.storage import encode_frame
 from ml_platform.resources.audit import record_alias_change
@@ -202,9 +202,7 @@ def build_modeling_assets(
             context.log.warning(f"{exc}; no predictions until a model is promoted")
             return
         frame = training.prediction_frame(model, features, spec, int(version.version))
-        by_day = split_by_day(frame, spec.timestamp)
-        empty = frame.iloc[0:0]
-        encoded = {k: encode_frame(by_day.get(k, empty)) for k in context.partition_keys}
+        encoded = encode_by_day(frame, spec.timestamp, context.partition_keys)
         extra = {k: {"model_version": int(version.version)} for k in encoded}
         yield partitioned_output(context, encoded, extra)
 

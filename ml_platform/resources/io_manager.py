@@ -11,7 +11,14 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from ml_platform.core.storage import EncodedFrame, atomic_write, encode_frame, read_frame
+from ml_platform.core.storage import (
+    EncodedFrame,
+    atomic_write,
+    encode_frame,
+    read_frame,
+    read_frames,
+    release_freed_memory,
+)
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):
@@ -30,15 +37,17 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         if isinstance(obj, dict):
             for partition_key, encoded in obj.items():
                 atomic_write(self.path_for(key, partition_key), _encoded(encoded).payload)
-            return
-        partition = context.partition_key if context.has_asset_partitions else None
-        atomic_write(self.path_for(key, partition), _encoded(obj).payload)
+        else:
+            partition = context.partition_key if context.has_asset_partitions else None
+            atomic_write(self.path_for(key, partition), _encoded(obj).payload)
+        release_freed_memory()  # the step's frames are gone: see release_freed_memory
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame | dict[str, pd.DataFrame]:
         """One frame, or `{partition: frame}` when the input asks for `by_partition`; an input
         with `latest_partitions: N` gets only the newest N materialised partitions, and one with
         `allow_missing: True` gets an empty frame, not a failure, when none is materialised."""
         key = context.asset_key
+        release_freed_memory()  # what earlier steps of this process freed, before this one loads
         if not context.has_asset_partitions:
             return _read(self.path_for(key), key)
         partitions = context.asset_partition_keys
@@ -58,15 +67,14 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         latest = (context.definition_metadata or {}).get("latest_partitions")
         if latest:  # a consumer that needs only a recent window reads only that
             present = present[-int(latest) :]
-        frames = [read_frame(p) for p in present]
-        if not frames and allow_missing:
+        if not present and allow_missing:
             return pd.DataFrame()
-        if not frames:
+        if not present:
             raise dg.Failure(
                 f"no materialised partitions of {key.to_user_string()} in "
                 f"{partitions[0]}..{partitions[-1]}: materialise it first"
             )
-        return pd.concat(frames, ignore_index=True)
+        return read_frames(present)
 
 
 def _encoded(obj: object) -> EncodedFrame:

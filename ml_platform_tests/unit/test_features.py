@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 import pandas.testing as pdt
 
-from ml_platform.core.features import build_features, required_history, split_by_day
+from ml_platform.core.features import (
+    build_features,
+    encode_by_day,
+    required_history,
+    split_by_day,
+)
+from ml_platform.core.storage import encode_frame
 
 
 def history(days: int = 60, stores: int = 3, start: date = date(2024, 1, 1)) -> pd.DataFrame:
@@ -86,6 +92,22 @@ def test_range_run_equals_day_by_day_runs(spec):
         window = hist[hist["date"] >= pd.Timestamp(required_history(spec, day))]
         alone = build_features(window[window["date"] <= pd.Timestamp(day)], spec, [day])
         pdt.assert_frame_equal(together[day.isoformat()], alone)
+
+
+def test_encoded_partitions_are_the_bytes_of_each_day_alone(spec):
+    """A backfill's partitions hash the same as single-day runs, and a day without rows gets an
+    empty frame with the same columns."""
+    hist = history(days=60)
+    days = [date(2024, 2, 1) + timedelta(days=i) for i in range(5)]
+    frame = build_features(hist, spec, days)
+    keys = [d.isoformat() for d in days] + ["2024-02-20"]  # the last day has no rows
+    encoded = encode_by_day(frame, "date", keys)
+    assert list(encoded) == keys
+    for day in days:
+        alone = encode_frame(frame[frame["date"] == pd.Timestamp(day)].reset_index(drop=True))
+        assert encoded[day.isoformat()].md5 == alone.md5
+    assert encoded["2024-02-20"].rows == 0
+    assert encoded["2024-02-20"].dtypes == encode_frame(frame).dtypes
 
 
 def test_missing_history_gives_nan_lags_not_errors(spec):
