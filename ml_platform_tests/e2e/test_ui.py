@@ -70,7 +70,7 @@ RUN_TIMEOUT_S = 300.0  # a run is a fresh process importing pandas, sklearn and 
 STARTUP_TIMEOUT_S = 240.0
 PAGE = {"width": 1600, "height": 1000}
 # Wide enough for the graph to draw full nodes (status, checks, partitions), not bare labels.
-LINEAGE = {"width": 1920, "height": 720}
+LINEAGE = {"width": 2240, "height": 720}
 SCREENSHOTS = Path(
     os.environ.get("ML_PLATFORM_SCREENSHOT_DIR")
     or Path(tempfile.gettempdir()) / "ml_platform_screenshots"
