@@ -106,18 +106,16 @@ def iter_by_day(frame: pd.DataFrame, column: str) -> Iterator[tuple[str, pd.Data
     """(YYYY-MM-DD, rows) for each day in `frame`, one day at a time, in date order."""
     if frame.empty:
         return
-    day_keys = pd.to_datetime(frame[column]).dt.strftime("%Y-%m-%d").to_numpy()
-    order = np.argsort(day_keys, kind="stable")
-    sorted_keys = day_keys[order]
-    bounds = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
+    # Whole days as integers; only one date per day is formatted (strftime on every row of a
+    # 730-day backfill took seconds).
+    days = pd.to_datetime(frame[column]).to_numpy().astype("datetime64[D]")
+    order = np.argsort(days, kind="stable")
+    sorted_days = days[order]
+    bounds = np.flatnonzero(sorted_days[1:] != sorted_days[:-1]) + 1
     for idx in np.split(order, bounds):
         if len(idx):
-            yield str(day_keys[idx[0]]), frame.iloc[idx].reset_index(drop=True)
-
-
-def split_by_day(frame: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:
-    """Partition a frame into {YYYY-MM-DD: rows}, the layout of daily partitions."""
-    return dict(iter_by_day(frame, column))
+            key = str(np.datetime_as_string(days[idx[0]], unit="D"))
+            yield key, frame.iloc[idx].reset_index(drop=True)
 
 
 def encode_by_day(frame: pd.DataFrame, column: str, days: Iterable[str]) -> dict[str, EncodedFrame]:

@@ -46,14 +46,14 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         """One frame, or `{partition: frame}` when the input asks for `by_partition`; an input
         with `latest_partitions: N` gets only the newest N materialised partitions, and one with
         `allow_missing: True` gets an empty frame, not a failure, when none is materialised."""
-        key = context.asset_key
+        key, options = context.asset_key, context.definition_metadata or {}
         release_freed_memory()  # what earlier steps of this process freed, before this one loads
         if not context.has_asset_partitions:
             return _read(self.path_for(key), key)
         partitions = context.asset_partition_keys
-        if (context.definition_metadata or {}).get("by_partition"):
+        if options.get("by_partition"):
             return {p: _read(self.path_for(key, p), key) for p in partitions}
-        allow_missing = bool((context.definition_metadata or {}).get("allow_missing"))
+        allow_missing = bool(options.get("allow_missing"))
         if len(partitions) == 1 and not allow_missing:
             return _read(self.path_for(key, partitions[0]), key)
         paths = [self.path_for(key, p) for p in partitions]
@@ -64,7 +64,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
                 f"not materialised, read as absent (first: {missing[:3]})"
             )
         present = [p for p in paths if p.exists()]
-        latest = (context.definition_metadata or {}).get("latest_partitions")
+        latest = options.get("latest_partitions")
         if latest:  # a consumer that needs only a recent window reads only that
             present = present[-int(latest) :]
         if not present and allow_missing:

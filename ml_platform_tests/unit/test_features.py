@@ -11,8 +11,8 @@ import pandas.testing as pdt
 from ml_platform.core.features import (
     build_features,
     encode_by_day,
+    iter_by_day,
     required_history,
-    split_by_day,
 )
 from ml_platform.core.storage import encode_frame
 
@@ -87,7 +87,7 @@ def test_range_run_equals_day_by_day_runs(spec):
     """A backfill and daily runs must write identical partitions (same content hash)."""
     hist = history(days=90)
     days = [date(2024, 2, 1) + timedelta(days=i) for i in range(20)]
-    together = split_by_day(build_features(hist, spec, days), "date")
+    together = dict(iter_by_day(build_features(hist, spec, days), "date"))
     for day in days:
         window = hist[hist["date"] >= pd.Timestamp(required_history(spec, day))]
         alone = build_features(window[window["date"] <= pd.Timestamp(day)], spec, [day])
