@@ -365,8 +365,8 @@ def dagster_child(cfg: dict) -> dict:
     started = time.perf_counter()
     import dagster as dg
 
+    from ml_platform.assemble import build_definitions, mlflow_uri
     from ml_platform.automation.jobs import ingest_job_name, training_job_name
-    from ml_platform.definitions import build_definitions, mlflow_uri
     from ml_platform.demo import QUIET, RANGE_END, RANGE_START
     from ml_platform.instance import ensure_dagster_home
 

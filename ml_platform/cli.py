@@ -13,14 +13,18 @@ from pathlib import Path
 
 import yaml
 
-from ml_platform.specs import SPEC_DIR, PipelineSpec, SpecError, load_spec
+from ml_platform.specs import PipelineSpec, SpecError, load_spec
 
 
 def _spec(name: str, root: Path) -> PipelineSpec:
-    path = SPEC_DIR / f"{name}.yaml"
+    from ml_platform.settings import spec_dir_from_env
+    from ml_platform.spec_checks import did_you_mean
+
+    spec_dir = spec_dir_from_env()
+    path = spec_dir / f"{name}.yaml"
     if not path.exists():
-        known = sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
-        raise SpecError(f"unknown pipeline {name!r}; known pipelines: {known}")
+        known = sorted(p.stem for p in spec_dir.glob("*.yaml"))
+        raise SpecError(f"unknown pipeline {name!r}{did_you_mean(name, known)}; known: {known}")
     return load_spec(path, root)
 
 
@@ -42,24 +46,39 @@ def _progress(label: str):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ml_platform.core.datagen import GeneratorConfig, write_landing_files
-
     root = Path.cwd()
     spec = _spec(args.pipeline, root)
+    if spec.landing.generator is None:
+        raise SpecError(
+            f"pipeline {spec.name!r} has no synthetic data generator (landing.generator); "
+            f"put its daily CSV files into {spec.landing.directory}/YYYY-MM-DD.csv instead"
+        )
     defaults = _generate_defaults(root, spec.name)
-    config = GeneratorConfig(
-        stores=args.stores or defaults.get("stores", 20),
-        products=args.products or defaults.get("products", 1),
-        start=args.start or spec.landing.start_date,
-        days=args.days or defaults.get("days", 730),
-        seed=args.seed if args.seed is not None else defaults.get("seed", 7),
-        holidays=tuple(spec.features.holidays),
-        shift_from=args.shift_from,
-        shift_strength=args.shift_strength,
-        corrupt_fraction=args.corrupt_fraction,
-    )
     directory = Path(args.out) if args.out else root / spec.landing.directory
-    written = write_landing_files(
+    common = {
+        "start": args.start or spec.landing.start_date,
+        "days": args.days or defaults.get("days", 730),
+        "seed": args.seed if args.seed is not None else defaults.get("seed", 7),
+        "shift_from": args.shift_from,
+        "shift_strength": args.shift_strength,
+        "corrupt_fraction": args.corrupt_fraction,
+    }
+    if spec.landing.generator == "customer_churn":
+        from ml_platform.core import datagen_churn as generator
+
+        config = generator.ChurnConfig(
+            customers=args.customers or defaults.get("customers", 300), **common
+        )
+    else:
+        from ml_platform.core import datagen as generator
+
+        config = generator.GeneratorConfig(
+            stores=args.stores or defaults.get("stores", 20),
+            products=args.products or defaults.get("products", 1),
+            holidays=tuple(h for h in spec.features.holidays if len(h) == 5),
+            **common,
+        )
+    written = generator.write_landing_files(
         config, directory, append=args.append, progress=_progress("landing files")
     )
     if written:
@@ -69,6 +88,81 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         print(f"nothing written to {directory}")
     return 0
+
+
+def cmd_spec_validate(args: argparse.Namespace) -> int:
+    """Load each spec as the platform will; exit 1 naming file and field on the first mistake."""
+    from ml_platform.settings import spec_dir_from_env
+    from ml_platform.specs import load_spec
+
+    root = Path.cwd()
+    paths = [Path(p) for p in args.files] or sorted(spec_dir_from_env().glob("*.yaml"))
+    if not paths:
+        print(f"error: no pipeline specs in {spec_dir_from_env()}", file=sys.stderr)
+        return 1
+    failed = 0
+    for path in paths:
+        try:
+            spec = load_spec(path, root)
+        except SpecError as exc:
+            failed += 1
+            print(f"FAIL {exc}", file=sys.stderr)
+        else:
+            print(f"ok   {path}: {spec.name} ({spec.task}, {len(spec.feature_columns)} features)")
+    return 1 if failed else 0
+
+
+def cmd_spec_schema(args: argparse.Namespace) -> int:
+    from ml_platform.scaffold import json_schema_text
+
+    print(json_schema_text(), end="")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Regenerate workspace.yaml (every spec file, broken ones too, so the UI shows their error),
+    dvc.yaml (every valid spec) and the spec's JSON Schema."""
+    from ml_platform.scaffold import (
+        SCHEMA_PATH,
+        dvc_yaml,
+        json_schema_text,
+        workspace_yaml,
+        write_atomically,
+    )
+    from ml_platform.settings import spec_dir_from_env
+    from ml_platform.specs import load_specs_isolated
+
+    root = Path.cwd()
+    spec_dir = spec_dir_from_env()
+    specs, errors = load_specs_isolated(spec_dir, root)
+    for error in errors.values():
+        print(f"warning: {error}", file=sys.stderr)
+    files = {
+        root / "workspace.yaml": workspace_yaml([p.stem for p in spec_dir.glob("*.yaml")]),
+        root / "dvc.yaml": dvc_yaml(specs),
+        root / SCHEMA_PATH: json_schema_text(),
+    }
+    for path, text in files.items():
+        state = "updated" if write_atomically(path, text) else "unchanged"
+        print(f"{state:9} {path.relative_to(root)}")
+    return 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    """Scaffold a spec (and its place in workspace.yaml and dvc.yaml); never overwrite one."""
+    import re
+
+    from ml_platform.scaffold import spec_template
+    from ml_platform.settings import spec_dir_from_env
+
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,47}", args.name):
+        raise SpecError(f"pipeline names are lower_snake_case (a-z, 0-9, _), got {args.name!r}")
+    path = spec_dir_from_env() / f"{args.name}.yaml"
+    if path.exists():
+        raise SpecError(f"{path} already exists; edit it instead")
+    path.write_text(spec_template(args.name, args.task))
+    print(f"created {path}: fill in its columns, then `ml-platform spec validate {path}`")
+    return cmd_sync(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -166,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="write synthetic daily landing CSVs")
     gen.add_argument("--pipeline", default="sales_forecast")
-    gen.add_argument("--stores", type=int)
-    gen.add_argument("--products", type=int)
+    gen.add_argument("--stores", type=int, help="retail_sales generator")
+    gen.add_argument("--products", type=int, help="retail_sales generator")
+    gen.add_argument("--customers", type=int, help="customer_churn generator")
     gen.add_argument("--days", type=int)
     gen.add_argument("--start", type=_date)
     gen.add_argument("--seed", type=int)
@@ -179,7 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     demo = sub.add_parser("demo", help="generate data and materialise the whole graph")
-    demo.add_argument("--pipeline", default="sales_forecast")
+    demo.add_argument(
+        "--pipeline",
+        action="append",
+        help="repeatable; default: every pipeline with a synthetic data generator",
+    )
     demo.add_argument("--regenerate", action="store_true", help="generate data even if present")
     demo.set_defaults(func=cmd_demo)
 
@@ -217,6 +316,22 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--reload-seconds", type=float, default=5.0, help="registry poll interval")
     srv.add_argument("--access-log", action="store_true", help="log every request (slower)")
     srv.set_defaults(func=cmd_serve)
+
+    spec = sub.add_parser("spec", help="check pipeline specs, or print their JSON Schema")
+    spec_sub = spec.add_subparsers(dest="spec_command", required=True)
+    validate = spec_sub.add_parser("validate", help="load specs as the platform will (exit 1)")
+    validate.add_argument("files", nargs="*", help="spec files (default: every spec)")
+    validate.set_defaults(func=cmd_spec_validate)
+    schema = spec_sub.add_parser("schema", help="print the spec's JSON Schema")
+    schema.set_defaults(func=cmd_spec_schema)
+
+    new = sub.add_parser("new", help="scaffold a pipeline spec and register it")
+    new.add_argument("name")
+    new.add_argument("--task", choices=["regression", "classification"], default="regression")
+    new.set_defaults(func=cmd_new)
+
+    sync = sub.add_parser("sync", help="regenerate workspace.yaml, dvc.yaml and the spec schema")
+    sync.set_defaults(func=cmd_sync)
 
     sub.add_parser("drift", help="compare two CSV/parquet files for drift", add_help=False)
     return parser

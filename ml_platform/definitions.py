@@ -1,13 +1,11 @@
-"""The one `Definitions` object: every pipeline spec's assets plus shared resources.
+"""The code location `ml_platform`: every valid pipeline spec in one `Definitions` object.
 
-Building it reads the spec files and nothing else: no MLflow, DVC or network access at import.
+Used by `dagster ... -m ml_platform.definitions` and `dg`; `workspace.yaml` loads one location per
+pipeline instead (`ml_platform.locations`), so a broken spec stops only its own pipeline there.
+Here a broken spec is logged and left out.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-
-import dagster as dg
 
 # Import order, for speed: skops (model loading) names each of scipy's ~230 ufuncs at import by
 # scanning sys.modules, in import order, until it reaches scipy. scikit-learn (and with it scipy)
@@ -15,63 +13,11 @@ import dagster as dg
 # 0.7 s shorter in every run that loads a model (bench/README.md).
 import sklearn  # noqa: F401  isort: skip
 
-from ml_platform.assets.factory import build_pipeline_assets
-from ml_platform.assets.modeling import tracking_key
-from ml_platform.automation.canary_sensor import build_canary_sensor
-from ml_platform.automation.jobs import build_jobs
-from ml_platform.automation.ledger import build_dvc_recorder
-from ml_platform.automation.sensors import build_automation, build_failure_sensor
-from ml_platform.instance import freeze_loaded_heap, tune_embedded_sqlite
-from ml_platform.resources.io_manager import ParquetIOManager
-from ml_platform.resources.online_store import OnlineStore
-from ml_platform.resources.platform import PlatformPaths
-from ml_platform.resources.registry import ModelRegistry
-from ml_platform.resources.tracking import mlflow_tracking
-from ml_platform.settings import default_root, mlflow_uri, online_store_url, spec_dir_from_env
-from ml_platform.specs import load_specs
+from ml_platform.assemble import build_definitions
+from ml_platform.instance import freeze_loaded_heap
+from ml_platform.settings import mlflow_uri, spec_dir_from_env
 
 __all__ = ["build_definitions", "defs", "mlflow_uri", "spec_dir_from_env"]
-
-
-def build_definitions(root: Path | None = None, spec_dir: Path | None = None) -> dg.Definitions:
-    root = (root or default_root()).resolve()
-    tune_embedded_sqlite()
-    specs = load_specs(spec_dir or spec_dir_from_env(), root)
-    tracking_uri = mlflow_uri(root)
-    artifact_root = str(root / ".ml_platform" / "mlartifacts")
-    resources: dict[str, object] = {
-        "paths": PlatformPaths(root=str(root)),
-        "parquet_io": ParquetIOManager(base_dir=str(root / "data")),
-        "registry": ModelRegistry(tracking_uri=tracking_uri, artifact_root=artifact_root),
-        "online_store": OnlineStore(url=online_store_url(root)),
-    }
-    assets, jobs, sensors, schedules = [], [], [], []
-    for spec in specs:
-        assets.extend(build_pipeline_assets(spec))
-        jobs.extend(build_jobs(spec))
-        spec_sensors, spec_schedules = build_automation(spec)
-        sensors.extend([*spec_sensors, build_canary_sensor(spec)])
-        schedules.extend(spec_schedules)
-        resources[tracking_key(spec)] = mlflow_tracking.configured(
-            {
-                "experiment_name": spec.name,
-                "mlflow_tracking_uri": tracking_uri,
-                "artifact_root": artifact_root,
-                "extra_tags": {"pipeline": spec.name},
-            }
-        )
-    sensors.append(build_dvc_recorder([j.name for j in jobs]))
-    fastest = min((s.automation.landing_sensor_interval_seconds for s in specs), default=30)
-    sensors.append(build_failure_sensor(minimum_interval_seconds=fastest))
-    return dg.Definitions(
-        assets=assets,
-        jobs=jobs,
-        sensors=sensors,
-        schedules=schedules,
-        resources=resources,
-        executor=dg.in_process_executor,
-    )
-
 
 defs = build_definitions()
 freeze_loaded_heap()  # loaded once per process and kept for life: see its docstring

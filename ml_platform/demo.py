@@ -26,16 +26,41 @@ def landing_range(directory: Path) -> tuple[str, str] | None:
     return days[0], days[-1]
 
 
-def run_demo(root: Path, pipeline: str, regenerate: bool = False) -> int:
-    """Generate data if there is none, then ingest → train → predict → drift, then record in DVC."""
+def run_demo(root: Path, pipelines: list[str] | str | None = None, regenerate: bool = False) -> int:
+    """For each pipeline: generate data if there is none, then ingest → train → predict → drift;
+    then record the data in DVC and print one summary per pipeline."""
     ensure_dagster_home(root)
+    specs = _specs(root)
+    if isinstance(pipelines, str):
+        pipelines = [pipelines]
+    if pipelines:
+        known = {s.name: s for s in specs}
+        missing = [p for p in pipelines if p not in known]
+        if missing:
+            raise ValueError(f"unknown pipelines {missing}; known: {sorted(known)}")
+        chosen = [known[p] for p in pipelines]
+    else:
+        chosen = [s for s in specs if s.landing.generator is not None]
+    for spec in chosen:
+        print(f"=== {spec.name} ({spec.task}) ===", flush=True)
+        if not _demo_pipeline(root, spec, regenerate):
+            return 1
+    _record_in_dvc(root, "[6/6]")
+    import dagster as dg
+
+    for spec in chosen:
+        _print_summary(root, spec, dg.DagsterInstance.get())
+    return 0
+
+
+def _demo_pipeline(root: Path, spec, regenerate: bool) -> bool:
     from ml_platform.cli import main as cli_main
 
-    spec = next(s for s in _specs(root) if s.name == pipeline)
     landing = root / spec.landing.directory
     if regenerate or landing_range(landing) is None:
         print(f"[1/6] generating synthetic landing files into {landing}")
-        cli_main(["generate", "--pipeline", pipeline])
+        if cli_main(["generate", "--pipeline", spec.name]) != 0:
+            return False
     first, last = landing_range(landing)
     steps = [
         (
@@ -54,12 +79,8 @@ def run_demo(root: Path, pipeline: str, regenerate: bool = False) -> int:
     for label, stages, partition in steps:
         print(label, flush=True)
         if not materialize(root, spec, stages, partition=partition):
-            return 1
-    _record_in_dvc(root, "[6/6]")
-    import dagster as dg
-
-    _print_summary(root, spec, dg.DagsterInstance.get())
-    return 0
+            return False
+    return True
 
 
 def materialize(root: Path, spec, stages: list[str], partition: str | None = None) -> bool:
@@ -67,8 +88,8 @@ def materialize(root: Path, spec, stages: list[str], partition: str | None = Non
     ensure_dagster_home(root)
     import dagster as dg
 
+    from ml_platform.assemble import build_definitions
     from ml_platform.automation.jobs import INGEST_STAGES, ingest_job_name, training_job_name
-    from ml_platform.definitions import build_definitions
 
     unknown = [
         s for s in stages if s not in (*INGEST_STAGES, "training_set", "challenger", "promotion")
@@ -117,10 +138,16 @@ def _record_in_dvc(root: Path, label: str) -> None:
 
 
 def _specs(root: Path):
-    from ml_platform.definitions import spec_dir_from_env
-    from ml_platform.specs import load_specs
+    """Every valid spec; a broken one is reported and skipped, never stops the others."""
+    import sys
 
-    return load_specs(spec_dir_from_env(), root=root)
+    from ml_platform.settings import spec_dir_from_env
+    from ml_platform.specs import load_specs_isolated
+
+    specs, errors = load_specs_isolated(spec_dir_from_env(), root=root)
+    for error in errors.values():
+        print(f"warning: pipeline left out: {error}", file=sys.stderr)
+    return specs
 
 
 def _print_failure(result) -> None:
@@ -132,22 +159,32 @@ def _print_failure(result) -> None:
 def _print_summary(root: Path, spec, instance) -> None:
     import dagster as dg
 
-    from ml_platform.definitions import mlflow_uri
     from ml_platform.resources.registry import CHAMPION, ModelRegistry
+    from ml_platform.settings import mlflow_uri
 
     registry = ModelRegistry(tracking_uri=mlflow_uri(root), artifact_root="unused")
     champion = registry.alias_version(spec.name, CHAMPION)
     promotion = instance.get_latest_materialization_event(dg.AssetKey([spec.name, "promotion"]))
     meta = {k: v.value for k, v in promotion.asset_materialization.metadata.items()}
     quarantined = _quarantined_rows(instance, spec)
-    print("\nSummary")
+    loss = meta.get("loss", "mae")
+    baseline = "base rate" if spec.is_classifier else "seasonal-naive"
+    print(f"\nSummary: {spec.name} ({spec.task})")
     print(f"  champion:          {spec.name} v{champion.version if champion else '— (none yet)'}")
     print(f"  last decision:     {meta.get('decision')} — {meta.get('reason')}")
-    if "mae_challenger" in meta:
+    if f"{loss}_challenger" in meta:
+        label = {"mae": "MAE", "log_loss": "log loss"}.get(loss, loss)
         print(
-            f"  holdout MAE:       {meta['mae_challenger']:.3f} vs seasonal-naive "
-            f"{meta['mae_baseline']:.3f} ({meta['improvement_vs_baseline']:+.1%}, "
+            f"  holdout {label}:{' ' * (10 - len(label))}{meta[f'{loss}_challenger']:.3f} vs "
+            f"{baseline} {meta[f'{loss}_baseline']:.3f} ({meta['improvement_vs_baseline']:+.1%}, "
             f"p={meta['p_value_vs_baseline']:.2g})"
+        )
+    if champion is not None and spec.is_classifier:
+        tags = champion.tags
+        print(
+            f"  holdout ROC AUC:   {float(tags.get('holdout_roc_auc', 'nan')):.3f}   "
+            f"Brier {float(tags.get('holdout_brier', 'nan')):.4f}   "
+            f"accuracy {float(tags.get('holdout_accuracy', 'nan')):.3f}"
         )
     print(f"  rows quarantined:  {quarantined}")
     print("\nWhere to look next")
@@ -155,7 +192,11 @@ def _print_summary(root: Path, spec, instance) -> None:
     print(f"  MLflow              → mlflow ui --backend-store-uri {mlflow_uri(root)}")
     print(f"  data products       → {root / 'data' / spec.name}")
     print(f"  audit trail         → {root / '.ml_platform' / 'audit' / (spec.name + '.jsonl')}")
-    print(json.dumps({"champion_version": champion.version if champion else None}))
+    print(
+        json.dumps(
+            {"pipeline": spec.name, "champion_version": champion.version if champion else None}
+        )
+    )
 
 
 def _quarantined_rows(instance, spec) -> int:

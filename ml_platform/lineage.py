@@ -18,7 +18,7 @@ from ml_platform.specs import PipelineSpec
 
 
 def _registry(root: Path) -> ModelRegistry:
-    from ml_platform.definitions import mlflow_uri
+    from ml_platform.settings import mlflow_uri
 
     return ModelRegistry(tracking_uri=mlflow_uri(root), artifact_root=str(root / ".ml_platform"))
 
@@ -76,7 +76,8 @@ def rollback(root: Path, spec: PipelineSpec, to_version: str | None, reason: str
 
 
 def reproduce(root: Path, spec: PipelineSpec, version: str) -> dict:
-    """Retrain a version from its recorded training data and params; compare holdout MAE."""
+    """Retrain a version from its recorded training data and params; compare its holdout loss
+    (MAE, or log loss for a classifier) with the recorded one."""
     registry = _registry(root)
     model_version = registry.client().get_model_version(spec.name, str(version))
     tags = model_version.tags
@@ -86,19 +87,20 @@ def reproduce(root: Path, spec: PipelineSpec, version: str) -> dict:
     path = DvcLedger(root).fetch(md5)
     training_set = pd.read_parquet(path)
     run = registry.client().get_run(model_version.run_id)
-    recorded = {k: v for k, v in run.data.params.items() if k != "estimator"}
+    recorded = {k: v for k, v in run.data.params.items() if k not in ("estimator", "task")}
     params = {k: _param_value(v, spec.model.params.get(k)) for k, v in recorded.items()}
     replay = spec.model_copy(update={"model": spec.model.model_copy(update={"params": params})})
     model = training.fit(training_set, replay)
-    evaluation = training.evaluate(model, training.holdout(training_set), replay)
-    recorded_mae = float(tags["holdout_mae"])
+    evaluation = training.evaluate(model, training_set, replay)
+    loss = spec.loss_name
+    recorded_loss = float(tags[f"holdout_{loss}"])
     return {
         "version": str(version),
         "training_set_md5": md5,
         "restored_from": str(path),
-        "holdout_mae_recorded": recorded_mae,
-        "holdout_mae_reproduced": evaluation.mae,
-        "identical": abs(evaluation.mae - recorded_mae) <= 1e-9 * max(1.0, recorded_mae),
+        f"holdout_{loss}_recorded": recorded_loss,
+        f"holdout_{loss}_reproduced": evaluation.loss,
+        "identical": abs(evaluation.loss - recorded_loss) <= 1e-9 * max(1.0, recorded_loss),
     }
 
 

@@ -9,14 +9,42 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import date
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SPEC_DIR = Path(__file__).parent / "pipelines"
+_HOLIDAY = re.compile(r"^(\d{4}-)?\d{2}-\d{2}$")
+
+
+def _real_holiday(value: str) -> bool:
+    text = value if len(value) == 10 else f"2000-{value}"  # 2000 is a leap year: 02-29 is real
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _project_relative(value: str, field: str) -> str:
+    """A path inside the project: relative, no `..`, so a spec never reads or writes elsewhere."""
+    path = PurePosixPath(value.replace("\\", "/"))
+    if not value.strip() or path.is_absolute() or ".." in path.parts:
+        raise ValueError(
+            f"{field} must be a path inside the project (relative, without '..'), got {value!r}"
+        )
+    return value
 
 
 class _Strict(BaseModel):
@@ -51,8 +79,20 @@ class ContractSpec(_Strict):
 
 
 class LandingSpec(_Strict):
-    directory: str
-    start_date: date
+    """Where the daily `YYYY-MM-DD.csv` files arrive, and the first day they cover."""
+
+    directory: str = Field(
+        description="Folder of daily landing CSVs, relative to the project root."
+    )
+    start_date: date = Field(description="The first daily partition (YYYY-MM-DD).")
+    generator: Literal["retail_sales", "customer_churn"] | None = Field(
+        None, description="Synthetic data generator for `ml-platform generate` (demo data only)."
+    )
+
+    @field_validator("directory")
+    @classmethod
+    def _inside_project(cls, value: str) -> str:
+        return _project_relative(value, "landing.directory")
 
 
 class FeatureSpec(_Strict):
@@ -61,8 +101,26 @@ class FeatureSpec(_Strict):
     calendar: list[
         Literal["day_of_week", "day_of_month", "month", "day_of_year", "is_weekend", "is_holiday"]
     ] = Field(default_factory=list)
-    passthrough: list[str] = Field(default_factory=list)
-    holidays: list[str] = Field(default_factory=list, description="MM-DD dates")
+    passthrough: list[str] = Field(
+        default_factory=list, description="Numeric columns of the feature day used as they are."
+    )
+    categorical: list[str] = Field(
+        default_factory=list,
+        description="String columns used as categories (one-hot inside the saved model; a "
+        "category never seen in training is ignored, not rejected).",
+    )
+    holidays: list[str] = Field(
+        default_factory=list,
+        description="Holidays for `is_holiday`: `MM-DD` (every year) or `YYYY-MM-DD` (one day).",
+    )
+
+    @field_validator("holidays")
+    @classmethod
+    def _holiday_format(cls, values: list[str]) -> list[str]:
+        bad = [v for v in values if not _HOLIDAY.match(v) or not _real_holiday(v)]
+        if bad:
+            raise ValueError(f"holidays must be MM-DD or YYYY-MM-DD dates, got {bad}")
+        return values
 
     @field_validator("lags", "rolling_means")
     @classmethod
@@ -73,19 +131,52 @@ class FeatureSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    estimator: str
-    params: dict[str, Any] = Field(default_factory=dict)
-    params_file: str | None = None
+    estimator: str = Field(
+        description="A scikit-learn estimator class path, e.g. "
+        "`sklearn.ensemble.HistGradientBoostingRegressor`; it must fit the pipeline's task."
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="Estimator arguments.")
+    params_file: str | None = Field(
+        None,
+        description="A YAML file (relative to the project root, e.g. `params.yaml`) whose "
+        "`<pipeline name>.model` section is merged under `params` (DVC tracks it).",
+    )
     training_window_days: int = Field(365, ge=7)
     holdout_days: int = Field(28, ge=1)
-    skops_trusted_types: list[str] = Field(default_factory=list)
+    skops_trusted_types: list[str] = Field(
+        default_factory=list,
+        description="Extra types skops may load besides its defaults (the saved model is never "
+        "pickled), e.g. HistGradientBoosting's `...predictor.TreePredictor`.",
+    )
+    prediction_min: float | None = Field(
+        None, description="Regression: predictions are clipped at this floor (e.g. 0 for counts)."
+    )
+    prediction_max: float | None = Field(None, description="Regression: clip ceiling.")
+    decision_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Classification: probability at or above which the class is 1."
+    )
 
     @field_validator("estimator")
     @classmethod
     def _sklearn_only(cls, value: str) -> str:
-        if not value.startswith("sklearn."):
-            raise ValueError("model.estimator must be an importable sklearn class path")
+        if not re.fullmatch(r"sklearn(\.[A-Za-z_][A-Za-z0-9_]*)+", value):
+            raise ValueError(
+                f"must be a scikit-learn class path such as "
+                f"sklearn.ensemble.HistGradientBoostingRegressor, got {value!r}"
+            )
         return value
+
+    @field_validator("params_file")
+    @classmethod
+    def _params_inside_project(cls, value: str | None) -> str | None:
+        return None if value is None else _project_relative(value, "model.params_file")
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> ModelSpec:
+        low, high = self.prediction_min, self.prediction_max
+        if low is not None and high is not None and low >= high:
+            raise ValueError(f"prediction_min {low} must be below prediction_max {high}")
+        return self
 
 
 class PromotionSpec(_Strict):
@@ -144,8 +235,16 @@ class AutomationSpec(_Strict):
 
 
 class PipelineSpec(_Strict):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_]{0,47}$",
+        description="Unique name: asset key prefix, registered model, job and state names.",
+    )
     description: str = ""
+    task: Literal["regression", "classification"] = Field(
+        "regression",
+        description="regression: predict a number. classification: predict whether a 0/1 target "
+        "is 1 (probability and class).",
+    )
     landing: LandingSpec
     entity_keys: list[str]
     timestamp: str
@@ -160,17 +259,15 @@ class PipelineSpec(_Strict):
     automation: AutomationSpec = AutomationSpec()
 
     @model_validator(mode="after")
-    def _columns_are_declared(self) -> PipelineSpec:
-        declared = set(self.contract.columns)
-        used = [*self.entity_keys, self.timestamp, self.target, *self.features.passthrough]
-        unknown = sorted({c for c in used if c not in declared})
-        if unknown:
-            raise ValueError(f"columns used but not declared in contract.columns: {unknown}")
-        if self.contract.columns[self.timestamp].dtype != "date":
-            raise ValueError(f"timestamp column {self.timestamp!r} must have dtype 'date'")
-        if self.promotion.baseline_seasonal_period_days not in self.features.lags:
-            raise ValueError("promotion.baseline_seasonal_period_days must be one of features.lags")
+    def _columns_fit_the_recipe(self) -> PipelineSpec:
+        from ml_platform.spec_checks import check_columns
+
+        check_columns(self)
         return self
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.task == "classification"
 
     @property
     def lookback_days(self) -> int:
@@ -187,12 +284,21 @@ class PipelineSpec(_Strict):
             *(f"{self.target}_rolling_mean_{w}" for w in self.features.rolling_means),
             *self.features.calendar,
             *self.features.passthrough,
+            *self.features.categorical,
         ]
 
     @property
-    def baseline_column(self) -> str:
-        """Feature column that holds the seasonal-naive forecast."""
+    def baseline_column(self) -> str | None:
+        """Feature column that holds the seasonal-naive forecast (regression only; a classifier
+        is compared with the training base rate)."""
+        if self.is_classifier:
+            return None
         return f"{self.target}_lag_{self.promotion.baseline_seasonal_period_days}"
+
+    @property
+    def loss_name(self) -> str:
+        """The per-row loss that promotion, concept drift and the canary compare."""
+        return "log_loss" if self.is_classifier else "mae"
 
     def fingerprint(self) -> str:
         """Stable hash of the resolved spec, recorded on every model version."""
@@ -204,44 +310,122 @@ class SpecError(ValueError):
     """A spec file that cannot be loaded; the message names the file and the field."""
 
 
+def _field_errors(path: Path, exc: ValidationError) -> str:
+    """One line per problem, `field.path: message`, instead of pydantic's three-line blocks."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "spec"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field" + _did_you_mean_field(error["loc"])
+        lines.append(f"  {where}: {message}")
+    return f"invalid pipeline spec {path}:\n" + "\n".join(lines)
+
+
+def _did_you_mean_field(loc: tuple) -> str:
+    from ml_platform.spec_checks import did_you_mean
+
+    model: type[BaseModel] = PipelineSpec
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    return did_you_mean(str(loc[-1]), list(model.model_fields))
+
+
 def load_spec(path: Path, root: Path | None = None) -> PipelineSpec:
-    """Load one spec, merging `model.params` from its params file (as DVC's params.yaml)."""
+    """Load one spec and check everything a run would need (estimator, columns, params), so no
+    spec mistake reaches a run. `model.params` are merged from its params file (DVC's params)."""
     try:
         raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise SpecError(f"cannot read pipeline spec {path}: {exc}") from exc
     if not isinstance(raw, dict):
-        raise SpecError(f"pipeline spec {path} must be a mapping")
-    model = raw.get("model") or {}
-    params_file = model.get("params_file")
-    if params_file:
-        params_path = (root or Path.cwd()) / params_file
-        if not params_path.exists():
-            params_path = Path(__file__).resolve().parent.parent / params_file
-        params = _read_params(params_path, raw.get("name", ""))
+        raise SpecError(f"pipeline spec {path} must be a YAML mapping of fields")
+    model = raw.get("model")
+    params_file = model.get("params_file") if isinstance(model, dict) else None
+    if isinstance(params_file, str) and params_file:
+        try:
+            _project_relative(params_file, "model.params_file")
+        except ValueError as exc:
+            raise SpecError(f"invalid pipeline spec {path}:\n  {exc}") from None
+        params = _read_params(root or Path.cwd(), params_file, str(raw.get("name", "")), path)
         model["params"] = {**params, **(model.get("params") or {})}
     try:
         spec = PipelineSpec.model_validate(raw)
-    except ValueError as exc:
-        raise SpecError(f"invalid pipeline spec {path}:\n{exc}") from exc
-    for column in spec.features.passthrough:
-        if spec.contract.columns[column].dtype in ("str", "date"):
-            raise SpecError(f"{path}: passthrough feature {column!r} must be numeric")
+    except ValidationError as exc:
+        raise SpecError(_field_errors(path, exc)) from None
+    from ml_platform.spec_checks import SpecCheckError, check_model
+
+    if path.suffix == ".yaml" and path.stem != spec.name:
+        raise SpecError(
+            f"invalid pipeline spec {path}:\n  name: {spec.name!r} must match the file name "
+            f"({path.stem!r}), so a pipeline is found by its name"
+        )
+    try:
+        check_model(spec)
+    except SpecCheckError as exc:
+        raise SpecError(f"invalid pipeline spec {path}:\n  {exc}") from None
     return spec
 
 
-def _read_params(path: Path, pipeline: str) -> dict[str, Any]:
+def _read_params(root: Path, params_file: str, pipeline: str, spec_path: Path) -> dict[str, Any]:
+    """The `<pipeline>.model` section of the params file; missing file or section is an error."""
+    params_path = root / params_file
+    if not params_path.is_file():
+        packaged = Path(__file__).resolve().parent.parent / params_file
+        params_path = packaged if packaged.is_file() else params_path
     try:
-        params = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise SpecError(f"cannot read params file {path}: {exc}") from exc
-    return dict((params.get(pipeline) or {}).get("model") or {})
+        params = yaml.safe_load(params_path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise SpecError(
+            f"invalid pipeline spec {spec_path}:\n  model.params_file: cannot read {params_path}: "
+            f"{exc}"
+        ) from None
+    section = params.get(pipeline) if isinstance(params, dict) else None
+    model = section.get("model") if isinstance(section, dict) else None
+    if not isinstance(model, dict):
+        raise SpecError(
+            f"invalid pipeline spec {spec_path}:\n  model.params_file: {params_path} has no "
+            f"`{pipeline}: model:` section (a mapping of estimator arguments); add one or drop "
+            "params_file"
+        )
+    return dict(model)
 
 
 def load_specs(spec_dir: Path = SPEC_DIR, root: Path | None = None) -> list[PipelineSpec]:
-    """Every `*.yaml` spec in the folder, sorted by name; duplicate names are an error."""
-    specs = [load_spec(p, root) for p in sorted(spec_dir.glob("*.yaml"))]
-    names = [s.name for s in specs]
-    if len(names) != len(set(names)):
-        raise SpecError(f"duplicate pipeline names in {spec_dir}: {names}")
+    """Every `*.yaml` spec in the folder, sorted by name; any broken spec is an error."""
+    specs, errors = load_specs_isolated(spec_dir, root)
+    if errors:
+        raise SpecError("\n".join(errors.values()))
     return specs
+
+
+def load_specs_isolated(
+    spec_dir: Path = SPEC_DIR, root: Path | None = None
+) -> tuple[list[PipelineSpec], dict[str, str]]:
+    """(valid specs, {file name: error}): one team's broken spec never stops the others.
+
+    Two files with the same pipeline name are both refused: which one wins is not a guess to make.
+    """
+    specs: dict[Path, PipelineSpec] = {}
+    errors: dict[str, str] = {}
+    for path in sorted(Path(spec_dir).glob("*.yaml")):
+        try:
+            specs[path] = load_spec(path, root)
+        except SpecError as exc:
+            errors[path.name] = str(exc)
+    by_name: dict[str, list[Path]] = {}
+    for path, spec in specs.items():
+        by_name.setdefault(spec.name, []).append(path)
+    for name, paths in by_name.items():
+        if len(paths) > 1:
+            for path in paths:
+                del specs[path]
+                errors[path.name] = (
+                    f"invalid pipeline spec {path}:\n  name: {name!r} is also used by "
+                    f"{[p.name for p in paths if p != path]}; pipeline names must be unique"
+                )
+    return sorted(specs.values(), key=lambda s: s.name), errors

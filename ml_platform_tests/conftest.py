@@ -108,7 +108,7 @@ def run_job(root: Path, job_name: str, partition: str | None = None, selection=N
     """Run a job in process against the root's persistent instance, as the demo and UI do."""
     import dagster as dg
 
-    from ml_platform.definitions import build_definitions
+    from ml_platform.assemble import build_definitions
 
     defs = build_definitions(root)
     tags = {"dagster/partition": partition} if partition else {}
@@ -145,7 +145,7 @@ def failure_messages(result) -> str:
 
 
 def registry_for(root: Path):
-    from ml_platform.definitions import mlflow_uri
     from ml_platform.resources.registry import ModelRegistry
+    from ml_platform.settings import mlflow_uri
 
     return ModelRegistry(tracking_uri=mlflow_uri(root), artifact_root=str(root / "unused"))

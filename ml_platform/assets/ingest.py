@@ -58,6 +58,7 @@ def build_ingest_assets(
         return partitioned_output(context, frames, source, version_by_partition=hashes)
 
     @dg.multi_asset(
+        name=f"{spec.name}__validated",  # op names are global: one per pipeline
         outs={
             "validated": dg.AssetOut(
                 key=validated_key,

@@ -33,6 +33,8 @@ from ml_platform.serving.canary_release import release_canary
 from ml_platform.specs import PipelineSpec
 
 REFERENCE_ROWS = 50_000
+HOLDOUT_LOSS_TAG = "holdout_loss"  # the per-row loss concept drift compares against
+LOSS_LABEL = {"mae": "MAE", "log_loss": "log loss"}
 
 
 def tracking_key(spec: PipelineSpec) -> str:
@@ -108,6 +110,12 @@ def build_modeling_assets(
             )
         try:
             version, metrics = _train_and_register(spec, training_set, registry, tracker, lineage)
+        except (ValueError, TypeError) as exc:  # the data or model, not a transient fault
+            tracker.end_run(status="FAILED")
+            raise dg.Failure(
+                f"training {spec.model.estimator} failed: {type(exc).__name__}: {exc}",
+                allow_retries=False,
+            ) from exc
         except Exception:
             tracker.end_run(status="FAILED")
             raise
@@ -141,15 +149,15 @@ def build_modeling_assets(
                     "champion_version": int(incumbent.version),
                 }
             )
-        rows = training.holdout(training_set)
-        errors = _holdout_errors(rows, spec, registry, trusted, has_champion=incumbent is not None)
+        losses = _holdout_losses(training_set, spec, registry, has_champion=incumbent is not None)
         decision = decide(
-            errors["challenger"],
-            errors["baseline"],
-            errors.get("champion"),
+            losses["challenger"],
+            losses["baseline"],
+            losses.get("champion"),
             spec.promotion.alpha,
             spec.promotion.min_relative_improvement,
             spec.promotion.test,
+            loss_name=LOSS_LABEL[spec.loss_name],
         )
         tags = decision.as_tags()
         registry.tag_version(name, candidate.version, tags)
@@ -178,7 +186,7 @@ def build_modeling_assets(
             )
         context.log.info(f"promotion decision for v{candidate.version}: {decision.reason}")
         return dg.MaterializeResult(
-            metadata=_decision_metadata(decision, candidate, incumbent, alias)
+            metadata=_decision_metadata(decision, candidate, incumbent, alias, spec.loss_name)
         )
 
     @dg.asset(
@@ -230,28 +238,28 @@ def _lineage(context, spec: PipelineSpec, training_key: dg.AssetKey, paths: Plat
 
 def _train_and_register(spec, training_set, registry, tracker, lineage) -> tuple[str, dict]:
     model = training.fit(training_set, spec)
-    evaluation = training.evaluate(model, training.holdout(training_set), spec)
+    evaluation = training.evaluate(model, training_set, spec)
     metrics = evaluation.as_metrics()
-    tracker.log_params({"estimator": spec.model.estimator, **spec.model.params})
+    tracker.log_params({"estimator": spec.model.estimator, "task": spec.task, **spec.model.params})
     tracker.log_metrics(metrics)
     tracker.set_tags(lineage)
     registry.ensure_model(spec.name, spec.description)
-    example = training_set[spec.feature_columns].head(5)
+    example = training.model_input(training_set.head(5), spec)
     info = mlflow.sklearn.log_model(
         model,
         name="model",
         serialization_format="skops",
         skops_trusted_types=spec.model.skops_trusted_types,
-        signature=infer_signature(example, model.predict(example)),
+        signature=infer_signature(example, training.raw_predict(model, example, spec)),
         input_example=example,
         registered_model_name=spec.name,
     )
     _log_reference(tracker, training_set, spec)
     version = str(info.registered_model_version)
     params = {f"param.{k}": v for k, v in spec.model.params.items()}
-    registry.tag_version(
-        spec.name, version, {**lineage, **metrics, **params, "estimator": spec.model.estimator}
-    )
+    tags = {**lineage, **metrics, **params, "estimator": spec.model.estimator, "task": spec.task}
+    tags[HOLDOUT_LOSS_TAG] = evaluation.loss
+    registry.tag_version(spec.name, version, tags)
     registry.set_alias(spec.name, CHALLENGER, version)
     tracker.end_run()
     return version, metrics
@@ -272,28 +280,36 @@ def _log_reference(tracker, training_set: pd.DataFrame, spec: PipelineSpec) -> N
         tracker.log_artifact(str(path), artifact_path=str(Path(REFERENCE_ARTIFACT).parent))
 
 
-def _holdout_errors(rows, spec, registry, trusted, has_champion: bool) -> dict[str, np.ndarray]:
+def _holdout_losses(training_set, spec, registry, has_champion: bool) -> dict[str, np.ndarray]:
+    """Per-row holdout losses of the challenger, the naive baseline and the champion."""
+    rows = training.holdout(training_set)
     actual = rows[training.LABEL].to_numpy(dtype="float64")
+    trusted = spec.model.skops_trusted_types
+
+    def losses(predicted: np.ndarray) -> np.ndarray:
+        return training.row_losses(actual, predicted, spec)
+
     challenger_model, _ = registry.load_model(spec.name, CHALLENGER, trusted)
-    errors = {
-        "challenger": actual - training.predict(challenger_model, rows, spec),
-        "baseline": actual - rows[spec.baseline_column].to_numpy(dtype="float64"),
+    result = {
+        "challenger": losses(training.predict(challenger_model, rows, spec)),
+        "baseline": losses(training.baseline_predictions(training_set, spec)),
     }
     if has_champion:
         champion_model, _ = registry.load_model(spec.name, CHAMPION, trusted)
-        errors["champion"] = actual - training.predict(champion_model, rows, spec)
-    return errors
+        result["champion"] = losses(training.predict(champion_model, rows, spec))
+    return result
 
 
-def _decision_metadata(decision, candidate, incumbent, alias: str) -> dict:
+def _decision_metadata(decision, candidate, incumbent, alias: str, loss: str) -> dict:
     base = decision.against_baseline
     meta = {
         "decision": "promoted" if decision.promote else "rejected",
         "reason": decision.reason,
         "challenger_version": int(candidate.version),
         "target_alias": alias,
-        "mae_challenger": base.mae_challenger,
-        "mae_baseline": base.mae_reference,
+        "loss": loss,
+        f"{loss}_challenger": base.loss_challenger,
+        f"{loss}_baseline": base.loss_reference,
         "p_value_vs_baseline": base.p_value,
         "effect_size_vs_baseline": base.effect_size,
         "improvement_vs_baseline": base.relative_improvement,
@@ -303,7 +319,7 @@ def _decision_metadata(decision, candidate, incumbent, alias: str) -> dict:
         meta.update(
             {
                 "champion_version": int(incumbent.version),
-                "mae_champion": champ.mae_reference,
+                f"{loss}_champion": champ.loss_reference,
                 "p_value_vs_champion": champ.p_value,
                 "effect_size_vs_champion": champ.effect_size,
                 "improvement_vs_champion": champ.relative_improvement,

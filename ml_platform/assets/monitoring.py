@@ -12,6 +12,7 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
 from ml_platform.assets.ingest import asset_key
+from ml_platform.assets.modeling import HOLDOUT_LOSS_TAG
 from ml_platform.assets.results import partition_dates, partitioned_output
 from ml_platform.core import training
 from ml_platform.core.drift import DriftThresholds, compute_drift, concept_drift
@@ -25,9 +26,14 @@ DRIFT_CHECK = "no_dataset_drift"
 
 
 def drift_columns(spec: PipelineSpec) -> dict[str, str]:
-    """Numeric model inputs plus the target; calendar columns drift by construction, so not them."""
+    """Model inputs plus the target; calendar columns drift by construction, so not them."""
     calendar = set(spec.features.calendar)
-    return {c: "numeric" for c in [spec.target, *spec.feature_columns] if c not in calendar}
+    categorical = set(spec.features.categorical)
+    return {
+        c: "categorical" if c in categorical else "numeric"
+        for c in [spec.target, *spec.feature_columns]
+        if c not in calendar
+    }
 
 
 def thresholds_for(spec: PipelineSpec) -> DriftThresholds:
@@ -112,7 +118,7 @@ def build_monitoring_assets(
             tables[day.isoformat()] = encode_frame(
                 pd.DataFrame([c.to_dict() for c in report.columns])
             )
-            extra[day.isoformat()] = _metadata(report, concept, int(version.version))
+            extra[day.isoformat()] = _metadata(report, concept, int(version.version), spec)
             extra[day.isoformat()]["in_sample"] = bool(pd.Timestamp(day) <= reference_end)
             last = (day, window, report, concept)
         day, window, report, concept = last
@@ -150,22 +156,24 @@ def _window(features: pd.DataFrame, spec: PipelineSpec, day: date) -> pd.DataFra
 def _concept(
     predictions: pd.DataFrame, window: pd.DataFrame, spec: PipelineSpec, version: ModelVersion
 ) -> dict:
-    """Error of the champion's stored predictions for the window, where the label has arrived."""
-    errors = training.realised_errors(predictions, window, spec, int(version.version))
-    holdout_mae = float(version.tags["holdout_mae"])
-    return concept_drift(errors, holdout_mae, spec.drift.concept_drift_tolerance)
+    """Loss of the champion's stored predictions for the window, where the label has arrived,
+    against its holdout loss (MAE, or log loss for a classifier)."""
+    losses = training.realised_losses(predictions, window, spec, int(version.version))
+    holdout = version.tags.get(HOLDOUT_LOSS_TAG, version.tags.get("holdout_mae"))
+    return concept_drift(losses, float(holdout), spec.drift.concept_drift_tolerance)
 
 
-def _metadata(report, concept: dict, version: int) -> dict:
+def _metadata(report, concept: dict, version: int, spec: PipelineSpec) -> dict:
+    loss = spec.loss_name
     return {
         "dataset_drift": bool(report.dataset_drift),
         "drift_share": float(report.drift_share),
         "max_psi": float(report.max_psi),
         "drifted_columns": ", ".join(report.drifted_columns) or "none",
         "concept_drift": bool(concept["drifted"]),
-        "concept_mae_ratio": float(concept["ratio"]) if concept["ratio"] is not None else 0.0,
-        "concept_mae_current": float(concept["mae_current"] or 0.0),
-        "concept_mae_holdout": float(concept["mae_holdout"]),
+        f"concept_{loss}_ratio": float(concept["ratio"]) if concept["ratio"] is not None else 0.0,
+        f"concept_{loss}_current": float(concept["mae_current"] or 0.0),
+        f"concept_{loss}_holdout": float(concept["mae_holdout"]),
         "concept_labelled_rows": int(concept["n"]),
         "champion_version": version,
         "report": dg.MetadataValue.md(report.to_markdown()),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from itertools import pairwise
@@ -347,9 +348,16 @@ def advance(state: CanaryState, results: list[CheckResult], policy: CanaryPolicy
 
 
 def online_mae(
-    predictions: pd.DataFrame, labels: pd.DataFrame, entity_keys: list[str], target: str
+    predictions: pd.DataFrame,
+    labels: pd.DataFrame,
+    entity_keys: list[str],
+    target: str,
+    loss: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Online MAE per (variant, model_version) from the prediction log joined to arrived labels.
+
+    `loss(labels, predictions)` replaces the absolute error per row (a classifier passes log loss
+    of its probabilities); the column keeps the name `mae`.
 
     Pass the predictions of the canary's lifetime only, so both variants are judged on the same
     days. Every logged prediction counts, so entities requested often weigh more.
@@ -374,7 +382,11 @@ def online_mae(
     if joined.empty:
         dtypes = ("object", "object", "float64", "int64")
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(columns, dtypes, strict=True)})
-    joined["_abs"] = (joined["prediction"] - joined[target]).abs()
+    if loss is None:
+        joined["_abs"] = (joined["prediction"] - joined[target]).abs()
+    else:
+        actual, predicted = joined[target].to_numpy("float64"), joined["prediction"].to_numpy()
+        joined["_abs"] = loss(actual, predicted.astype("float64"))
     by_model = joined.groupby(["variant", "model_version"], as_index=False)
     return by_model.agg(mae=("_abs", "mean"), n=("_abs", "size"))[columns]
 

@@ -205,6 +205,8 @@ def _coerce(raw: pd.DataFrame, contract: ContractSpec) -> tuple[pd.DataFrame, pd
     for name, rule in contract.columns.items():
         if rule.dtype == "int" and not rule.nullable:
             out[name] = out[name].where(clean_index, 0).astype("int64")
+        elif rule.dtype == "int":  # pandas' nullable integer: blanks stay missing, not float
+            out[name] = out[name].round().astype("Int64")
     return out, fails
 
 

@@ -27,10 +27,10 @@ def build_features(
     """
     days = pd.DatetimeIndex(sorted({pd.Timestamp(d) for d in feature_days}))
     keys, ts, target = spec.entity_keys, spec.timestamp, spec.target
-    columns = [*keys, ts, target, *spec.features.passthrough]
+    as_is = [*spec.features.passthrough, *spec.features.categorical]
     if days.empty:
-        return pd.DataFrame(columns=[*columns, *spec.feature_columns])
-    today = history[history[ts].isin(days)][[*keys, ts, *spec.features.passthrough, target]]
+        return pd.DataFrame(columns=[*keys, ts, target, *spec.feature_columns])
+    today = history[history[ts].isin(days)][[*keys, ts, *as_is, target]]
     if today.empty:
         return _empty_features(spec)
 
@@ -77,14 +77,17 @@ def _long_rows(
 def calendar_features(feature_day: pd.Series, spec: PipelineSpec) -> pd.DataFrame:
     """Calendar facts about the predicted day, which are known in advance."""
     target_day = pd.to_datetime(feature_day) + pd.Timedelta(days=spec.horizon_days)
-    holidays = set(spec.features.holidays)
+    every_year = {h for h in spec.features.holidays if len(h) == 5}  # MM-DD
+    one_day = {h for h in spec.features.holidays if len(h) == 10}  # YYYY-MM-DD
     available = {
         "day_of_week": lambda d: d.dt.dayofweek,
         "day_of_month": lambda d: d.dt.day,
         "month": lambda d: d.dt.month,
         "day_of_year": lambda d: d.dt.dayofyear,
         "is_weekend": lambda d: (d.dt.dayofweek >= 5).astype("int64"),
-        "is_holiday": lambda d: d.dt.strftime("%m-%d").isin(holidays).astype("int64"),
+        "is_holiday": lambda d: (
+            d.dt.strftime("%m-%d").isin(every_year) | d.dt.strftime("%Y-%m-%d").isin(one_day)
+        ).astype("int64"),
     }
     return pd.DataFrame(
         {name: available[name](target_day).astype("int64") for name in spec.features.calendar},

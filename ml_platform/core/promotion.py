@@ -1,7 +1,9 @@
 """The promotion gate: promote a challenger only on a significant, material improvement.
 
-Both comparisons (against the seasonal-naive baseline and against the champion) are paired on the
-same holdout rows, so day-to-day noise that hits both models cancels out.
+Both comparisons (against the naive baseline and against the champion) are paired on the same
+holdout rows, so day-to-day noise that hits both models cancels out. The paired values are per-row
+losses: absolute errors for regression, log loss of the predicted probability for classification
+(a one-sided Wilcoxon signed-rank test suits both: it needs no normality, only paired rows).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ class Comparison:
     """Challenger against one reference on the same rows."""
 
     reference: str
-    mae_challenger: float
-    mae_reference: float
+    loss_challenger: float
+    loss_reference: float
     relative_improvement: float
     p_value: float
     effect_size: float  # matched-pairs rank-biserial correlation, in [-1, 1]
@@ -51,7 +53,8 @@ def paired_test(
     method: Literal["wilcoxon", "bootstrap"] = "wilcoxon",
     seed: int = 0,
 ) -> tuple[float, float]:
-    """One-sided p-value that the challenger's absolute errors are smaller, and the effect size."""
+    """One-sided p-value that the challenger's per-row losses (or absolute errors) are smaller,
+    and the effect size."""
     a = np.abs(np.asarray(errors_challenger, dtype="float64"))
     b = np.abs(np.asarray(errors_reference, dtype="float64"))
     if a.shape != b.shape or a.size == 0:
@@ -79,13 +82,13 @@ def compare(
     min_relative_improvement: float,
     method: Literal["wilcoxon", "bootstrap"] = "wilcoxon",
 ) -> Comparison:
-    mae_c = float(np.mean(np.abs(errors_challenger)))
-    mae_r = float(np.mean(np.abs(errors_reference)))
-    improvement = (mae_r - mae_c) / mae_r if mae_r > 0 else 0.0
+    loss_c = float(np.mean(np.abs(errors_challenger)))
+    loss_r = float(np.mean(np.abs(errors_reference)))
+    improvement = (loss_r - loss_c) / loss_r if loss_r > 0 else 0.0
     p_value, effect = paired_test(errors_challenger, errors_reference, method)
     passed = p_value < alpha and improvement >= min_relative_improvement
     return Comparison(
-        reference, mae_c, mae_r, improvement, p_value, effect, len(errors_reference), passed
+        reference, loss_c, loss_r, improvement, p_value, effect, len(errors_reference), passed
     )
 
 
@@ -96,6 +99,7 @@ def decide(
     alpha: float,
     min_relative_improvement: float,
     method: Literal["wilcoxon", "bootstrap"] = "wilcoxon",
+    loss_name: str = "mae",
 ) -> Decision:
     """Apply the gate: beat the baseline always, and the champion when there is one."""
     vs_baseline = compare(
@@ -111,7 +115,7 @@ def decide(
         what = "baseline and champion" if vs_champion else "baseline (first champion)"
         return Decision(True, f"significantly better than the {what}", vs_baseline, vs_champion)
     reasons = [
-        f"vs {c.reference}: MAE {c.mae_challenger:.3f} vs {c.mae_reference:.3f} "
+        f"vs {c.reference}: {loss_name} {c.loss_challenger:.4g} vs {c.loss_reference:.4g} "
         f"({c.relative_improvement:+.1%}, need >= {min_relative_improvement:.1%}), "
         f"p={c.p_value:.3g} (need < {alpha})"
         for c in failed

@@ -19,11 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ml_platform.automation.alerts import Alert, alerts_path, append_alert, iso_time, truncate
+from ml_platform.core import training
 from ml_platform.core.canary import (
     CanaryPolicy,
     CanaryState,
@@ -214,7 +216,8 @@ def _act(spec, client, root, old, new, policy, champion, results, metrics_text) 
 
 
 def _online_mae(spec, root, labels, canary, champion, started) -> OnlineMae | None:
-    """Online MAE of both variants on predictions made since this canary's analysis began."""
+    """Online loss of both variants (MAE, or log loss for a classifier) on predictions made since
+    this canary's analysis began."""
     if labels is None:
         return None
     folder = Path(root) / ".ml_platform" / "serving" / "predictions"
@@ -227,7 +230,12 @@ def _online_mae(spec, root, labels, canary, champion, started) -> OnlineMae | No
     truth = labels(days)
     if truth.empty:
         return None
-    return mae_for(online_mae(log, truth, spec.entity_keys, spec.target), canary, champion)
+
+    def loss(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+        return training.row_losses(labels, predictions, spec)  # log loss for a classifier
+
+    table = online_mae(log, truth, spec.entity_keys, spec.target, loss=loss)
+    return mae_for(table, canary, champion)
 
 
 def iso_time_now() -> str:

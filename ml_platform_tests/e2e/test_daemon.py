@@ -219,8 +219,8 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 def _train_by_hand(root: Path, spec_dir: Path, spec: PipelineSpec) -> None:
     """Ingest the history, train and predict in process, as `ml-platform demo` does."""
+    from ml_platform.assemble import build_definitions
     from ml_platform.automation.jobs import ingest_job_name, training_job_name
-    from ml_platform.definitions import build_definitions
 
     defs = build_definitions(root, spec_dir)
     instance = dg.DagsterInstance.get()

@@ -19,7 +19,7 @@ INGEST = "sales_forecast_ingest"
 
 
 def ingest_range(root, first: str, last: str, selection: list[dg.AssetKey] | None = None):
-    from ml_platform.definitions import build_definitions
+    from ml_platform.assemble import build_definitions
 
     job = build_definitions(root).resolve_job_def(INGEST)
     return job.execute_in_process(

@@ -66,7 +66,7 @@ def sensors(spec: PipelineSpec) -> tuple[dg.SensorDefinition, dg.SensorDefinitio
 def definitions_with(root: Path, *sensor_defs: dg.SensorDefinition) -> dg.Definitions:
     """The code location's definitions plus these sensors, unless it already has them by name
     (it does once `build_definitions` wires `build_automation` in)."""
-    from ml_platform.definitions import build_definitions
+    from ml_platform.assemble import build_definitions
 
     defs = build_definitions(root)
     have = {s.name for s in defs.sensors or []}
@@ -388,7 +388,7 @@ from pathlib import Path
 
 import dagster as dg
 from ml_platform.automation.sensors import build_automation
-from ml_platform.definitions import build_definitions
+from ml_platform.assemble import build_definitions
 from ml_platform.specs import load_spec
 
 root, spec_dir = Path({root!r}), Path({spec_dir!r})

@@ -65,8 +65,10 @@ def model(features, spec):
 
 def test_model_beats_seasonal_naive_on_holdout(features, spec, model):
     ts = training.build_training_set(features, spec)
-    evaluation = training.evaluate(model, training.holdout(ts), spec)
-    assert evaluation.mae < 0.9 * evaluation.mae_baseline
+    evaluation = training.evaluate(model, ts, spec)
+    assert evaluation.loss_name == "mae"
+    assert evaluation.loss == evaluation.metrics["mae"]
+    assert evaluation.loss < 0.9 * evaluation.loss_baseline
 
 
 def test_behaviour_promotion_raises_the_forecast(features, spec, model):
@@ -88,46 +90,54 @@ def test_behaviour_higher_recent_sales_raise_the_forecast(features, spec, model)
     assert np.mean(training.predict(model, rows, spec)) > np.mean(base) * 1.2
 
 
-def test_behaviour_predictions_are_never_negative(features, spec, model):
+def test_behaviour_predictions_respect_the_specs_floor(features, spec, model):
     rows = features.tail(50).copy()
     for column in spec.feature_columns:
         if column.startswith("units_sold_"):
             rows[column] = 0.0
+    assert spec.model.prediction_min == 0
     assert (training.predict(model, rows, spec) >= 0).all()
 
 
-def test_only_sklearn_regressors_are_allowed(spec):
-    bad = spec.model.model_copy(update={"estimator": "sklearn.cluster.KMeans", "params": {}})
-    with pytest.raises(TypeError, match="not a sklearn regressor"):
-        training.make_estimator(spec.model_copy(update={"model": bad}))
+def test_output_bounds_come_from_the_spec_not_the_code(features, spec, model):
+    rows = features.tail(200)
+    unbounded = spec.model_copy(
+        update={"model": spec.model.model_copy(update={"prediction_min": None})}
+    )
+    capped = spec.model_copy(
+        update={"model": spec.model.model_copy(update={"prediction_max": 5.0})}
+    )
+    free = training.predict(model, rows, unbounded)
+    assert free.max() > 5.0
+    np.testing.assert_allclose(training.predict(model, rows, capped), np.clip(free, 0, 5.0))
 
 
-def test_realised_errors_score_the_stored_predictions_of_one_version(features, spec, model):
+def test_realised_losses_score_the_stored_predictions_of_one_version(features, spec, model):
     window = features[features.date >= "2024-07-01"].reset_index(drop=True)
     stored = training.prediction_frame(model, window, spec, model_version=3)
     older = training.prediction_frame(model, window, spec, model_version=2)
     older["prediction"] = 1e6  # another version's rows must not count
     last_day = window.date.max()
 
-    errors = training.realised_errors(pd.concat([stored, older]), window, spec, model_version=3)
+    errors = training.realised_losses(pd.concat([stored, older]), window, spec, model_version=3)
 
     labelled = training.attach_labels(window, spec).dropna(subset=[training.LABEL])
     assert len(labelled) == (window.date < last_day).sum()  # the last day's label is not here yet
     expected = labelled[training.LABEL].to_numpy() - training.predict(model, labelled, spec)
-    np.testing.assert_allclose(np.sort(errors), np.sort(expected))
+    np.testing.assert_allclose(np.sort(errors), np.sort(np.abs(expected)))
 
 
-def test_realised_errors_use_the_stored_value_not_a_new_prediction(features, spec, model):
+def test_realised_losses_use_the_stored_value_not_a_new_prediction(features, spec, model):
     window = features[features.date >= "2024-07-01"].reset_index(drop=True)
     stored = training.prediction_frame(model, window, spec, model_version=1)
     stored["prediction"] = 0.0
-    errors = training.realised_errors(stored, window, spec, model_version=1)
+    errors = training.realised_losses(stored, window, spec, model_version=1)
     labelled = training.attach_labels(window, spec).dropna(subset=[training.LABEL])
     np.testing.assert_allclose(np.sort(errors), np.sort(labelled[training.LABEL].to_numpy()))
 
 
 @pytest.mark.parametrize("columns", [None, ["store_id", "date"]])
-def test_realised_errors_without_stored_predictions_are_empty(features, spec, columns):
+def test_realised_losses_without_stored_predictions_are_empty(features, spec, columns):
     predictions = pd.DataFrame(columns=columns)
-    errors = training.realised_errors(predictions, features.tail(20), spec, model_version=1)
+    errors = training.realised_losses(predictions, features.tail(20), spec, model_version=1)
     assert errors.shape == (0,)

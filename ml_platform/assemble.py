@@ -1,0 +1,86 @@
+"""Build the `Definitions` of pipeline specs plus shared resources (nothing built at import).
+
+Building it reads the spec files and nothing else: no MLflow, DVC or network access at import. A
+broken spec is logged and left out, so one team's mistake never stops the others; in the Dagster
+UI each pipeline is its own code location (`ml_platform.locations`), where a broken spec shows as
+that location's load error.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import dagster as dg
+
+# Import order, for speed: skops (model loading) names each of scipy's ~230 ufuncs at import by
+# scanning sys.modules, in import order, until it reaches scipy. scikit-learn (and with it scipy)
+# is imported anyway; importing it here, before MLflow's ~1,500 modules, makes that scan about
+# 0.7 s shorter in every run that loads a model (bench/README.md).
+import sklearn  # noqa: F401  isort: skip
+
+from ml_platform.assets.factory import build_pipeline_assets
+from ml_platform.assets.modeling import tracking_key
+from ml_platform.automation.canary_sensor import build_canary_sensor
+from ml_platform.automation.jobs import build_jobs
+from ml_platform.automation.ledger import build_dvc_recorder
+from ml_platform.automation.sensors import build_automation, build_failure_sensor
+from ml_platform.instance import tune_embedded_sqlite
+from ml_platform.resources.io_manager import ParquetIOManager
+from ml_platform.resources.online_store import OnlineStore
+from ml_platform.resources.platform import PlatformPaths
+from ml_platform.resources.registry import ModelRegistry
+from ml_platform.resources.tracking import mlflow_tracking
+from ml_platform.settings import default_root, mlflow_uri, online_store_url, spec_dir_from_env
+from ml_platform.specs import PipelineSpec, load_specs_isolated
+
+__all__ = ["build_definitions", "mlflow_uri", "spec_dir_from_env"]
+log = logging.getLogger("ml_platform")
+
+
+def build_definitions(
+    root: Path | None = None,
+    spec_dir: Path | None = None,
+    specs: list[PipelineSpec] | None = None,
+) -> dg.Definitions:
+    """Definitions for `specs`, or for every valid spec in `spec_dir` (broken ones are logged)."""
+    root = (root or default_root()).resolve()
+    tune_embedded_sqlite()
+    if specs is None:
+        specs, errors = load_specs_isolated(spec_dir or spec_dir_from_env(), root)
+        for error in errors.values():
+            log.error("pipeline left out: %s", error)
+    tracking_uri = mlflow_uri(root)
+    artifact_root = str(root / ".ml_platform" / "mlartifacts")
+    resources: dict[str, object] = {
+        "paths": PlatformPaths(root=str(root)),
+        "parquet_io": ParquetIOManager(base_dir=str(root / "data")),
+        "registry": ModelRegistry(tracking_uri=tracking_uri, artifact_root=artifact_root),
+        "online_store": OnlineStore(url=online_store_url(root)),
+    }
+    assets, jobs, sensors, schedules = [], [], [], []
+    for spec in specs:
+        assets.extend(build_pipeline_assets(spec))
+        jobs.extend(build_jobs(spec))
+        spec_sensors, spec_schedules = build_automation(spec)
+        sensors.extend([*spec_sensors, build_canary_sensor(spec)])
+        schedules.extend(spec_schedules)
+        resources[tracking_key(spec)] = mlflow_tracking.configured(
+            {
+                "experiment_name": spec.name,
+                "mlflow_tracking_uri": tracking_uri,
+                "artifact_root": artifact_root,
+                "extra_tags": {"pipeline": spec.name},
+            }
+        )
+    sensors.append(build_dvc_recorder([j.name for j in jobs]))
+    fastest = min((s.automation.landing_sensor_interval_seconds for s in specs), default=30)
+    sensors.append(build_failure_sensor(minimum_interval_seconds=fastest))
+    return dg.Definitions(
+        assets=assets,
+        jobs=jobs,
+        sensors=sensors,
+        schedules=schedules,
+        resources=resources,
+        executor=dg.in_process_executor,
+    )
