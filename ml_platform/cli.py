@@ -123,9 +123,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
     """Regenerate workspace.yaml (every spec file, broken ones too, so the UI shows their error),
     dvc.yaml (every valid spec) and the spec's JSON Schema."""
     from ml_platform.scaffold import (
+        REFERENCE_PATH,
         SCHEMA_PATH,
         dvc_yaml,
         json_schema_text,
+        reference_markdown,
         workspace_yaml,
         write_atomically,
     )
@@ -141,6 +143,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         root / "workspace.yaml": workspace_yaml([p.stem for p in spec_dir.glob("*.yaml")]),
         root / "dvc.yaml": dvc_yaml(specs),
         root / SCHEMA_PATH: json_schema_text(),
+        root / REFERENCE_PATH: reference_markdown(),
     }
     for path, text in files.items():
         state = "updated" if write_atomically(path, text) else "unchanged"

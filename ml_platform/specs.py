@@ -48,27 +48,39 @@ def _project_relative(value: str, field: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class ColumnContract(_Strict):
     """One column's dtype and value rules; checks map onto pandera `Check`s."""
 
     dtype: Literal["str", "int", "float", "date"]
+    """How the text is parsed: str, int (nullable ints stay integers), float, or date."""
     nullable: bool = False
+    """Whether a blank value is allowed; a blank in a non-nullable column quarantines the row."""
     format: str | None = None
+    """strftime format of a date column, e.g. `%Y-%m-%d`."""
     pattern: str | None = None
+    """Regular expression a str value must match in full (ASCII digits for `\\d`)."""
     ge: float | None = None
+    """Minimum allowed value (inclusive)."""
     gt: float | None = None
+    """Minimum allowed value (exclusive)."""
     le: float | None = None
+    """Maximum allowed value (inclusive)."""
     lt: float | None = None
+    """Maximum allowed value (exclusive)."""
     isin: list[Any] | None = None
+    """The only allowed values."""
 
 
 class ContractSpec(_Strict):
     columns: dict[str, ColumnContract]
+    """Every column of the landing files, by name, with its `dtype` and rules."""
     unique: list[str] = Field(default_factory=list)
+    """Columns whose combination must be unique in a batch; later duplicates are quarantined."""
     max_quarantine_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    """A batch with a larger share of bad rows is rejected whole."""
 
     @model_validator(mode="after")
     def _unique_columns_exist(self) -> ContractSpec:
@@ -97,10 +109,13 @@ class LandingSpec(_Strict):
 
 class FeatureSpec(_Strict):
     lags: list[int] = Field(default_factory=list)
+    """Target k days before the predicted day, for each k (regression; needs numeric targets)."""
     rolling_means: list[int] = Field(default_factory=list)
+    """Mean target over the last w days up to the feature day, for each w."""
     calendar: list[
         Literal["day_of_week", "day_of_month", "month", "day_of_year", "is_weekend", "is_holiday"]
     ] = Field(default_factory=list)
+    """Calendar facts about the predicted day (known in advance)."""
     passthrough: list[str] = Field(
         default_factory=list, description="Numeric columns of the feature day used as they are."
     )
@@ -142,7 +157,9 @@ class ModelSpec(_Strict):
         "`<pipeline name>.model` section is merged under `params` (DVC tracks it).",
     )
     training_window_days: int = Field(365, ge=7)
+    """Labelled days used for training, before the holdout."""
     holdout_days: int = Field(28, ge=1)
+    """The newest labelled days, kept out of training; promotion compares models on them."""
     skops_trusted_types: list[str] = Field(
         default_factory=list,
         description="Extra types skops may load besides its defaults (the saved model is never "
@@ -181,25 +198,40 @@ class ModelSpec(_Strict):
 
 class PromotionSpec(_Strict):
     test: Literal["wilcoxon", "bootstrap"] = "wilcoxon"
+    """One-sided paired test on per-row losses (absolute error or log loss)."""
     alpha: float = Field(0.05, gt=0, lt=1)
+    """Significance level: the p-value must be below it, against the baseline and the champion."""
     min_relative_improvement: float = Field(0.01, ge=0, lt=1)
+    """The challenger's mean loss must also be this much lower (0.01 = 1 %)."""
     baseline_seasonal_period_days: int = Field(7, ge=1)
+    """Regression: the seasonal-naive baseline is this lag (must be in features.lags)."""
 
 
 class CanarySpec(_Strict):
     """Flagger-style analysis: step weights, per-metric limits and a failure threshold."""
 
     step_weights: list[int] = [5, 25, 50, 100]
+    """Percent of traffic for the canary at each step; the last is 100."""
     interval_seconds: int = Field(60, ge=1)
+    """Seconds between canary analyses."""
     failure_threshold: int = Field(2, ge=1)
+    """Failed analyses before the canary is rolled back."""
     max_inconclusive: int = Field(10, ge=1)
+    """Analyses without enough canary traffic before rollback."""
     min_requests: int = Field(20, ge=1)
+    """Canary requests an analysis needs to be conclusive."""
     max_error_rate: float = Field(0.01, ge=0, le=1)
+    """Highest canary error rate (0.01 = 1 %)."""
     max_p99_latency_ms: float = Field(100.0, gt=0)
+    """Highest canary p99 latency."""
     max_prediction_psi: float = Field(0.2, gt=0)
+    """Highest PSI of canary predictions against the champion's."""
     min_predictions: int = Field(200, ge=1)  # PSI on fewer predictions is noise, not evidence
+    """Canary predictions needed before PSI counts."""
     max_mae_ratio: float = Field(1.1, gt=0)
+    """Highest online loss ratio canary / champion once labels arrive."""
     min_labelled: int = Field(20, ge=1)
+    """Labelled predictions per variant needed for the online loss check."""
 
     @field_validator("step_weights")
     @classmethod
@@ -213,25 +245,39 @@ class CanarySpec(_Strict):
 
 class DeploymentSpec(_Strict):
     mode: Literal["direct", "canary"] = "direct"
+    """direct: a promoted model becomes champion; canary: it is ramped up by the canary sensor."""
     max_batch_entities: int = Field(1000, ge=1, le=100_000)
+    """Most entities one /predict request may ask for (more: 413)."""
     canary: CanarySpec = CanarySpec()
+    """Canary analysis settings (mode: canary)."""
 
 
 class DriftSpec(_Strict):
     window_days: int = Field(7, ge=1)
+    """Days of recent features compared with the champion's reference."""
     psi_threshold: float = 0.2
+    """A feature with a larger PSI has drifted."""
     wasserstein_threshold: float = 0.1
+    """A numeric feature with a larger normalised Wasserstein distance has drifted."""
     js_threshold: float = 0.1
+    """A categorical feature with a larger Jensen-Shannon distance has drifted."""
     drift_share: float = Field(0.5, gt=0, le=1)
+    """Dataset drift when at least this share of features drifted."""
     concept_drift_tolerance: float = Field(1.25, gt=1)
+    """Concept drift when the champion's loss on new labels over its holdout loss exceeds this."""
     cooldown_hours: float = Field(24, ge=0)
+    """The drift sensor requests at most one retrain per this many hours."""
 
 
 class AutomationSpec(_Strict):
     landing_sensor_interval_seconds: int = Field(30, ge=1)
+    """How often the landing sensor looks for new files."""
     drift_sensor_interval_seconds: int = Field(60, ge=1)
+    """How often the drift sensor reads new drift reports."""
     retrain_cron: str = "0 3 * * 1"
+    """Cron schedule of the periodic retrain."""
     retrain_schedule_enabled: bool = False
+    """Whether the retrain schedule starts switched on."""
 
 
 class PipelineSpec(_Strict):
@@ -240,23 +286,36 @@ class PipelineSpec(_Strict):
         description="Unique name: asset key prefix, registered model, job and state names.",
     )
     description: str = ""
+    """One line for people: what is predicted, for whom."""
     task: Literal["regression", "classification"] = Field(
         "regression",
         description="regression: predict a number. classification: predict whether a 0/1 target "
         "is 1 (probability and class).",
     )
     landing: LandingSpec
+    """Where the daily files arrive."""
     entity_keys: list[str]
+    """Columns that identify one entity (one row per entity and day)."""
     timestamp: str
+    """The date column (dtype date); one landing file per day."""
     target: str
+    """The column to predict, `horizon_days` after the feature day."""
     horizon_days: int = Field(1, ge=1)
+    """How many days ahead the target is predicted."""
     contract: ContractSpec
+    """The data contract every landing file must meet."""
     features: FeatureSpec
+    """The feature recipe, shared by batch and online features."""
     model: ModelSpec
+    """Estimator, its parameters and the training window."""
     promotion: PromotionSpec = PromotionSpec()
+    """When a challenger replaces the champion."""
     deployment: DeploymentSpec = DeploymentSpec()
+    """How a promoted model is served."""
     drift: DriftSpec = DriftSpec()
+    """Data and concept drift thresholds."""
     automation: AutomationSpec = AutomationSpec()
+    """Sensors and schedules."""
 
     @model_validator(mode="after")
     def _columns_fit_the_recipe(self) -> PipelineSpec:

@@ -155,7 +155,9 @@ def create_app(
             name: {**p.slots.snapshot.describe(), "last_error": p.slots.last_error}
             for name, p in served.items()
         }
-        ready = all(p.slots.snapshot.champion is not None for p in served.values())
+        ready = all(p.slots.ready for p in served.values()) and any(
+            p.slots.snapshot.champion is not None for p in served.values()
+        )
         return json_response({"ready": ready, "pipelines": states}, 200 if ready else 503)
 
     @app.get("/metrics")

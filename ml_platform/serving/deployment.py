@@ -71,6 +71,13 @@ class ModelSlots:
         self.client = client
         self.snapshot = Snapshot()
         self.last_error: str | None = None
+        self.has_champion_alias = False  # the registry names a champion for this pipeline
+
+    @property
+    def ready(self) -> bool:
+        """Serving what the registry says: a pipeline with no champion yet has nothing to load
+        (its requests get 503), so it never holds the whole server back."""
+        return self.snapshot.champion is not None or not self.has_champion_alias
 
     def refresh(self) -> bool:
         """Re-read aliases and weight; load changed versions. True when the snapshot changed."""
@@ -80,6 +87,7 @@ class ModelSlots:
             self.last_error = f"no registered model {self.spec.name!r} yet"
             return False
         aliases = registered.aliases or {}
+        self.has_champion_alias = CHAMPION in aliases
         current = self.snapshot
         champion = self._resolve(aliases.get(CHAMPION), current.champion, CHAMPION)
         canary = self._resolve(aliases.get(CANARY), current.canary, CANARY)
