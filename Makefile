@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install  ## generate ~2 years x 20 stores, materialise the whole graph, print a summary
+demo: install  ## every shipped pipeline: generate data, materialise the whole graph, print summaries
 	$(BIN)/ml-platform demo
 
 test: install  ## the whole suite, slow end-to-end tests included (what CI runs), 2 workers by file
@@ -40,8 +40,9 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-reset:  ## forget all runtime state and data products (landing files are kept)
-	rm -rf .ml_platform data/sales_forecast
+reset:  ## forget all runtime state and every pipeline's data products (landing files are kept)
+	rm -rf .ml_platform
+	find data -mindepth 1 -maxdepth 1 -type d ! -name landing -exec rm -rf {} +
 
 clean: reset
 	rm -rf data/landing $(VENV)

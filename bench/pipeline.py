@@ -269,7 +269,7 @@ def plain_child(cfg: dict) -> dict:
         frame = build_features(pd.concat([*history, today], ignore_index=True), spec, [day])
         write_features(frame, [day])
         champion, champion_version = registry.load_model(
-            spec.name, "champion", spec.model.skops_trusted_types
+            spec.name, "champion", training.trusted_types(spec)
         )
         write_predictions(champion, champion_version.version, frame, [day])
         new_days.append(
@@ -297,7 +297,7 @@ def plain_training(spec, features, registry, root: Path):
     atomic_write(root / "data" / spec.name / "training_set.parquet", encoded.payload)
     model = training.fit(frame, spec)
     rows = training.holdout(frame)
-    metrics = training.evaluate(model, rows, spec).as_metrics()
+    metrics = training.evaluate(model, frame, spec).as_metrics()
     mlflow.set_tracking_uri(registry.tracking_uri)
     experiment_id = registry.ensure_experiment(spec.name)
     lineage = {"training_set_md5": encoded.md5, "spec_hash": spec.fingerprint()}
@@ -311,7 +311,7 @@ def plain_training(spec, features, registry, root: Path):
             model,
             name="model",
             serialization_format="skops",
-            skops_trusted_types=spec.model.skops_trusted_types,
+            skops_trusted_types=training.trusted_types(spec),
             signature=infer_signature(example, model.predict(example)),
             input_example=example,
             registered_model_name=spec.name,
@@ -321,8 +321,8 @@ def plain_training(spec, features, registry, root: Path):
     registry.set_alias(spec.name, "challenger", version)
     actual = rows[training.LABEL].to_numpy(dtype="float64")
     decision = decide(
-        actual - training.predict(model, rows, spec),
-        actual - rows[spec.baseline_column].to_numpy(dtype="float64"),
+        training.row_losses(actual, training.predict(model, rows, spec), spec),
+        training.row_losses(actual, training.baseline_predictions(frame, spec), spec),
         None,
         spec.promotion.alpha,
         spec.promotion.min_relative_improvement,
@@ -372,8 +372,8 @@ def dagster_child(cfg: dict) -> dict:
 
     root = Path(cfg["root"])
     ensure_dagster_home(root)
-    defs = build_definitions(root)
     spec = load_pipeline_spec(cfg["pipeline"], root)
+    defs = build_definitions(root, specs=[spec])  # as the pipeline's own code location does
     instance = dg.DagsterInstance.get()
     ingest = defs.resolve_job_def(ingest_job_name(spec))
     training = defs.resolve_job_def(training_job_name(spec))

@@ -73,7 +73,8 @@ def build_definitions(
                 "extra_tags": {"pipeline": spec.name},
             }
         )
-    sensors.append(build_dvc_recorder([j.name for j in jobs]))
+    pipeline_of_job = {job.name: spec.name for spec in specs for job in build_jobs(spec)}
+    sensors.append(build_dvc_recorder(pipeline_of_job))
     fastest = min((s.automation.landing_sensor_interval_seconds for s in specs), default=30)
     sensors.append(build_failure_sensor(minimum_interval_seconds=fastest))
     return dg.Definitions(

@@ -93,6 +93,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_spec_validate(args: argparse.Namespace) -> int:
     """Load each spec as the platform will; exit 1 naming file and field on the first mistake."""
     from ml_platform.settings import spec_dir_from_env
+    from ml_platform.spec_checks import SpecCheckError, check_by_fitting
     from ml_platform.specs import load_spec
 
     root = Path.cwd()
@@ -104,6 +105,10 @@ def cmd_spec_validate(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             spec = load_spec(path, root)
+            check_by_fitting(spec)
+        except SpecCheckError as exc:
+            failed += 1
+            print(f"FAIL invalid pipeline spec {path}:\n  {exc}", file=sys.stderr)
         except SpecError as exc:
             failed += 1
             print(f"FAIL {exc}", file=sys.stderr)
@@ -181,7 +186,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     root = Path.cwd()
     ok = materialize(root, _spec(args.pipeline, root), args.stages, partition=args.partition)
     if ok and args.record:
-        _record_in_dvc(root, "")
+        _record_in_dvc(root, "", [args.pipeline])
     return 0 if ok else 1
 
 
@@ -217,9 +222,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
     import os
 
     from ml_platform.instance import ensure_dagster_home
+    from ml_platform.scaffold import workspace_yaml, write_atomically
+    from ml_platform.settings import spec_dir_from_env
 
     root = Path.cwd()
     home = ensure_dagster_home(root)
+    # One code location per spec file found now (broken ones too: the UI shows their error).
+    workspace = root / ".ml_platform" / "workspace.yaml"
+    write_atomically(
+        workspace, workspace_yaml([p.stem for p in spec_dir_from_env().glob("*.yaml")])
+    )
     print(f"DAGSTER_HOME={home}; UI on http://{args.host}:{args.port}", flush=True)
     command = [
         sys.executable,
@@ -231,7 +243,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         "-p",
         str(args.port),
         "-w",
-        "workspace.yaml",
+        str(workspace),
     ]
     os.execvpe(command[0], command, {**os.environ, "ML_PLATFORM_ROOT": str(root)})
     return 0  # unreachable: exec replaces this process

@@ -18,12 +18,9 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def landing_range(directory: Path) -> tuple[str, str] | None:
-    from ml_platform.core.datagen import latest_landing_day
-
-    days = sorted(p.stem for p in directory.glob("????-??-??.csv"))
-    if not days or latest_landing_day(directory) is None:
-        return None
-    return days[0], days[-1]
+    """(first, last) landing day, or None when there are no landing files."""
+    days = landing_days(directory)
+    return (days[0], days[-1]) if days else None
 
 
 def run_demo(root: Path, pipelines: list[str] | str | None = None, regenerate: bool = False) -> int:
@@ -45,7 +42,7 @@ def run_demo(root: Path, pipelines: list[str] | str | None = None, regenerate: b
         print(f"=== {spec.name} ({spec.task}) ===", flush=True)
         if not _demo_pipeline(root, spec, regenerate):
             return 1
-    _record_in_dvc(root, "[6/6]")
+    _record_in_dvc(root, "[6/6]", [spec.name for spec in chosen])
     import dagster as dg
 
     for spec in chosen:
@@ -99,31 +96,104 @@ def materialize(root: Path, spec, stages: list[str], partition: str | None = Non
     daily = [s for s in stages if s in INGEST_STAGES]
     if daily and len(daily) != len(stages):
         raise ValueError("daily and unpartitioned stages go in separate runs")
-    defs = build_definitions(root)
+    defs = build_definitions(root, specs=[spec])  # this pipeline only: others cannot break it
     job = defs.resolve_job_def(ingest_job_name(spec) if daily else training_job_name(spec))
-    tags: dict[str, str] = {}
-    if daily and partition is None:
-        first, last = landing_range(root / spec.landing.directory) or (None, None)
-        if first is None:
-            raise ValueError(f"no landing files in {root / spec.landing.directory}")
-        tags = {RANGE_START: first, RANGE_END: last}
+    selection = [dg.AssetKey([spec.name, s]) for s in stages]
+    if not daily or partition is not None:
+        return _run(job, selection, partition=partition if daily else None).success
+    days = landing_days(root / spec.landing.directory)
+    if not days:
+        raise ValueError(f"no landing files in {root / spec.landing.directory}")
+    # A backfill survives bad days: a range run that names broken days is split into the
+    # consecutive good days around them, as few range runs as possible; each day fails once.
+    broken: set[str] = set()
+    pending, ok = [(days[0], days[-1])], True
+    while pending:
+        span = pending.pop(0)
+        result = _run(job, selection, days=span)
+        if result.success:
+            continue
+        new = set(broken_partitions(result)) - broken
+        if not new:  # a failure that names no day: nothing to route around
+            ok = False
+            continue
+        broken |= new
+        rest = [d for d in days if span[0] <= d <= span[1] and d not in broken]
+        pending.extend(contiguous_spans(rest))
+    if broken:
+        print(
+            f"      summary: {len(days) - len(broken)} of {len(days)} days ingested; "
+            f"{len(broken)} failed: {', '.join(sorted(broken)[:20])}"
+            f"{' …' if len(broken) > 20 else ''}",
+            flush=True,
+        )
+    return ok and not broken
+
+
+def _run(job, selection, partition: str | None = None, days: tuple[str, str] | None = None):
+    import dagster as dg
+
+    tags = {RANGE_START: days[0], RANGE_END: days[1]} if days else {}
     started = time.monotonic()
     result = job.execute_in_process(
-        partition_key=partition if daily else None,
+        partition_key=partition,
         run_config=QUIET,
         instance=dg.DagsterInstance.get(),
         tags=tags,
-        asset_selection=[dg.AssetKey([spec.name, s]) for s in stages],
+        asset_selection=selection,
         raise_on_error=False,
     )
     outcome = "succeeded" if result.success else "FAILED"
-    print(f"      run {result.run_id} {outcome} in {time.monotonic() - started:.1f}s", flush=True)
+    span = f" {days[0]}..{days[1]}" if days else ""
+    elapsed = time.monotonic() - started
+    print(f"      run {result.run_id}{span} {outcome} in {elapsed:.1f}s", flush=True)
     if not result.success:
         _print_failure(result)
-    return result.success
+    return result
 
 
-def _record_in_dvc(root: Path, label: str) -> None:
+def landing_days(directory: Path) -> list[str]:
+    """Every `YYYY-MM-DD.csv` day in the landing folder, oldest first."""
+    from datetime import date
+
+    days = []
+    for path in directory.glob("????-??-??.csv"):
+        try:
+            days.append(date.fromisoformat(path.stem).isoformat())
+        except ValueError:
+            continue
+    return sorted(days)
+
+
+def broken_partitions(result) -> list[str]:
+    """The days a failed ingest run named as broken (raw or contract failures)."""
+    broken: set[str] = set()
+    for event in result.all_events:
+        if not (event.is_step_failure and event.step_failure_data):
+            continue
+        user = event.step_failure_data.user_failure_data
+        value = user.metadata.get("broken_partitions") if user else None
+        if value is not None:
+            broken.update(k for k in str(value.value).split(", ") if k)
+    return sorted(broken)
+
+
+def contiguous_spans(days: list[str]) -> list[tuple[str, str]]:
+    """[first, last] of each run of consecutive calendar days."""
+    from datetime import date, timedelta
+
+    spans: list[tuple[str, str]] = []
+    for day in days:
+        if spans and date.fromisoformat(spans[-1][1]) + timedelta(days=1) == date.fromisoformat(
+            day
+        ):
+            spans[-1] = (spans[-1][0], day)
+        else:
+            spans.append((day, day))
+    return spans
+
+
+def _record_in_dvc(root: Path, label: str, pipelines: list[str] | None = None) -> None:
     from ml_platform.resources.dvc import DvcError, DvcLedger
 
     ledger = DvcLedger(root)
@@ -132,7 +202,7 @@ def _record_in_dvc(root: Path, label: str) -> None:
         return
     print(f"{label} recording data versions in DVC (dvc commit + push)", flush=True)
     try:
-        ledger.record()
+        ledger.record(pipelines)
     except DvcError as exc:
         print(f"      warning: {exc}")
 

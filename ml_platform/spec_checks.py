@@ -15,9 +15,19 @@ if TYPE_CHECKING:
     from ml_platform.specs import PipelineSpec
 
 NUMERIC = ("int", "float")
-# Types a fitted estimator holds that skops does not trust by default; the spec must list them.
+# Types a fitted estimator holds that skops does not trust by default, by the module the class
+# lives in; the spec must list them. `ml-platform spec validate` also checks by fitting a tiny
+# model, which catches estimators this table does not know.
+TREE = "sklearn.tree._tree.Tree"
 REQUIRED_TRUSTED_TYPES = {
-    "HistGradientBoosting": ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
+    "sklearn.ensemble._hist_gradient_boosting": [
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"
+    ],
+    "sklearn.ensemble._forest": [TREE],
+    "sklearn.ensemble._gb": [TREE],
+    "sklearn.ensemble._bagging": [TREE],
+    "sklearn.ensemble._weight_boosting": [TREE],
+    "sklearn.tree": [TREE],
 }
 
 
@@ -94,10 +104,10 @@ def _check_feature_roles(spec: PipelineSpec) -> None:
                     f"features.{role}: {column!r} is already in features.{used[column]}"
                 )
             used[column] = role
-            if column in (spec.target, spec.timestamp, *spec.entity_keys):
+            if column in (spec.target, spec.timestamp):
                 raise ValueError(
-                    f"features.{role}: {column!r} is the target, timestamp or an entity key; "
-                    "the recipe already uses it"
+                    f"features.{role}: {column!r} is the target or the timestamp; use lags of "
+                    "the target, or calendar features of the day"
                 )
     for column in spec.features.passthrough:
         dtype = columns[column].dtype
@@ -193,10 +203,47 @@ def _check_trusted_types(cls: type, trusted: list[str]) -> None:
             found = None
         if not isinstance(found, type):
             raise SpecCheckError(f"model.skops_trusted_types[{i}]: no class {name!r}")
-    for prefix, required in REQUIRED_TRUSTED_TYPES.items():
+    for module, required in REQUIRED_TRUSTED_TYPES.items():
         missing = [t for t in required if t not in trusted]
-        if cls.__name__.startswith(prefix) and missing:
-            raise SpecCheckError(
-                f"model.skops_trusted_types: {cls.__name__} models hold {missing}; list them so "
-                "the saved model can be loaded with skops (never pickle)"
+        if cls.__module__.startswith(module) and missing:
+            raise SpecCheckError(_missing_types(cls.__name__, missing))
+
+
+def _missing_types(estimator: str, missing: list[str]) -> str:
+    return (
+        f"model.skops_trusted_types: {estimator} models hold {missing}; list them so the saved "
+        "model can be loaded with skops (never pickle)"
+    )
+
+
+def check_by_fitting(spec: PipelineSpec) -> None:
+    """Fit the spec's whole pipeline on a few synthetic rows and audit it as skops will: the
+    exact check behind `ml-platform spec validate` (too slow to run in every process)."""
+    import numpy as np
+    import pandas as pd
+    import skops.io
+
+    from ml_platform.core import training
+
+    rows = 48
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            column: (
+                rng.choice(["a", "b", "c"], rows)
+                if column in spec.features.categorical
+                else np.where(rng.random(rows) < 0.1, np.nan, rng.normal(size=rows))
             )
+            for column in spec.feature_columns
+        }
+    )
+    labels = np.arange(rows) % 2 if spec.is_classifier else rng.normal(size=rows)
+    model = training.make_estimator(spec)
+    try:
+        model.fit(training.model_input(frame, spec), labels)
+    except (ValueError, TypeError) as exc:
+        raise SpecCheckError(f"model: fitting {spec.model.estimator} failed: {exc}") from None
+    untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    missing = sorted(set(untrusted) - set(training.trusted_types(spec)))
+    if missing:
+        raise SpecCheckError(_missing_types(spec.model.estimator.rpartition(".")[2], missing))

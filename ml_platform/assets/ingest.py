@@ -51,9 +51,12 @@ def build_ingest_assets(
                 frames[key] = encode_frame(read_landing_file(path))
                 hashes[key] = md5_file(path)
             except ContractViolation as exc:
-                errors.append(f"{key}: {exc}")
+                errors.append((key, exc))
         if errors:
-            raise dg.Failure("cannot read landing files:\n" + "\n".join(errors))
+            raise dg.Failure(
+                "cannot read landing files:\n" + "\n".join(f"{k}: {e}" for k, e in errors),
+                metadata={"broken_partitions": ", ".join(k for k, _ in errors)},
+            )
         source = {k: {"landing_file": str(paths.landing_file(spec, k))} for k in frames}
         return partitioned_output(context, frames, source, version_by_partition=hashes)
 
@@ -99,7 +102,10 @@ def build_ingest_assets(
             raise dg.Failure(
                 "data contract broken; downstream assets will not run:\n"
                 + "\n".join(f"{key}: {exc}" for key, exc in errors),
-                metadata={"failure_cases": markdown_table(errors[0][1].failure_cases)},
+                metadata={
+                    "failure_cases": markdown_table(errors[0][1].failure_cases),
+                    "broken_partitions": ", ".join(key for key, _ in errors),
+                },
             )
         yield from _validated_outputs(context, results, validated_key, quarantine_key)
 

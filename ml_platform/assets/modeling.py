@@ -47,7 +47,7 @@ def build_modeling_assets(
     name = spec.name
     features_key, training_key = asset_key(spec, "features"), asset_key(spec, "training_set")
     challenger_key, promotion_key = asset_key(spec, "challenger"), asset_key(spec, "promotion")
-    trusted = spec.model.skops_trusted_types
+    trusted = training.trusted_types(spec)
 
     @dg.asset(
         key=training_key,
@@ -238,6 +238,12 @@ def _lineage(context, spec: PipelineSpec, training_key: dg.AssetKey, paths: Plat
 
 def _train_and_register(spec, training_set, registry, tracker, lineage) -> tuple[str, dict]:
     model = training.fit(training_set, spec)
+    untrusted = training.untrusted_types(model, spec)
+    if untrusted:  # found before MLflow writes anything, and never worth a retry
+        raise ValueError(
+            f"the fitted model holds types skops does not trust: {untrusted}; add them to "
+            "model.skops_trusted_types in the spec (`ml-platform spec validate` finds them)"
+        )
     evaluation = training.evaluate(model, training_set, spec)
     metrics = evaluation.as_metrics()
     tracker.log_params({"estimator": spec.model.estimator, "task": spec.task, **spec.model.params})
@@ -249,7 +255,7 @@ def _train_and_register(spec, training_set, registry, tracker, lineage) -> tuple
         model,
         name="model",
         serialization_format="skops",
-        skops_trusted_types=spec.model.skops_trusted_types,
+        skops_trusted_types=training.trusted_types(spec),
         signature=infer_signature(example, training.raw_predict(model, example, spec)),
         input_example=example,
         registered_model_name=spec.name,
@@ -284,7 +290,7 @@ def _holdout_losses(training_set, spec, registry, has_champion: bool) -> dict[st
     """Per-row holdout losses of the challenger, the naive baseline and the champion."""
     rows = training.holdout(training_set)
     actual = rows[training.LABEL].to_numpy(dtype="float64")
-    trusted = spec.model.skops_trusted_types
+    trusted = training.trusted_types(spec)
 
     def losses(predicted: np.ndarray) -> np.ndarray:
         return training.row_losses(actual, predicted, spec)

@@ -8,7 +8,9 @@ from ml_platform.resources.dvc import DvcError, DvcLedger
 from ml_platform.resources.platform import default_root
 
 
-def build_dvc_recorder(job_names: list[str]) -> dg.SensorDefinition:
+def build_dvc_recorder(pipeline_of_job: dict[str, str]) -> dg.SensorDefinition:
+    """After a successful run of one of these jobs, record that job's pipeline in DVC."""
+
     @dg.run_status_sensor(
         run_status=dg.DagsterRunStatus.SUCCESS,
         name="dvc_recorder",
@@ -17,13 +19,14 @@ def build_dvc_recorder(job_names: list[str]) -> dg.SensorDefinition:
         description="After a successful ingest or training run: dvc commit + push.",
     )
     def dvc_recorder(context: dg.RunStatusSensorContext) -> dg.SkipReason | None:
-        if context.dagster_run.job_name not in job_names:
+        pipeline = pipeline_of_job.get(context.dagster_run.job_name)
+        if pipeline is None:
             return dg.SkipReason(f"{context.dagster_run.job_name} writes no DVC-tracked data")
         ledger = DvcLedger(default_root())
         if not ledger.enabled:
             return dg.SkipReason("no .dvc/ and dvc.yaml in the project root")
         try:
-            ledger.record()
+            ledger.record([pipeline])
         except DvcError as exc:
             context.log.warning(f"could not record run {context.dagster_run.run_id} in DVC: {exc}")
             return dg.SkipReason(str(exc)[:500])

@@ -29,8 +29,9 @@ def build_features(
     keys, ts, target = spec.entity_keys, spec.timestamp, spec.target
     as_is = [*spec.features.passthrough, *spec.features.categorical]
     if days.empty:
-        return pd.DataFrame(columns=[*keys, ts, target, *spec.feature_columns])
-    today = history[history[ts].isin(days)][[*keys, ts, *as_is, target]]
+        return pd.DataFrame(columns=list(dict.fromkeys([*keys, ts, target, *spec.feature_columns])))
+    # An entity key may be a feature too (the hour of an hourly series): one column, not two.
+    today = history[history[ts].isin(days)][list(dict.fromkeys([*keys, ts, *as_is, target]))]
     if today.empty:
         return _empty_features(spec)
 
@@ -43,7 +44,7 @@ def build_features(
         derived[f"{target}_rolling_mean_{window}"] = rolled
     out = today.merge(_long_rows(wide, derived, days, spec), on=[*keys, ts], how="left")
     out = out.join(calendar_features(out[ts], spec))
-    out = out[[*keys, ts, target, *spec.feature_columns]]
+    out = out[list(dict.fromkeys([*keys, ts, target, *spec.feature_columns]))]
     return out.sort_values([ts, *keys], kind="stable").reset_index(drop=True)
 
 
@@ -96,7 +97,7 @@ def calendar_features(feature_day: pd.Series, spec: PipelineSpec) -> pd.DataFram
 
 
 def _empty_features(spec: PipelineSpec) -> pd.DataFrame:
-    cols = [*spec.entity_keys, spec.timestamp, spec.target, *spec.feature_columns]
+    cols = dict.fromkeys([*spec.entity_keys, spec.timestamp, spec.target, *spec.feature_columns])
     return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
 
 

@@ -89,6 +89,24 @@ def build_training_set(features: pd.DataFrame, spec: PipelineSpec) -> pd.DataFra
     return frame.sort_values(order, kind="stable").reset_index(drop=True)
 
 
+# Types the platform's own preprocessing steps hold (SimpleImputer keeps a numpy dtype). They are
+# trusted for every model so that a spec lists only what its estimator needs.
+PREPROCESSING_TRUSTED_TYPES = ("numpy.dtype",)
+
+
+def trusted_types(spec: PipelineSpec) -> list[str]:
+    """What skops may load for this spec's models: its estimator's types plus ours."""
+    return list(dict.fromkeys([*spec.model.skops_trusted_types, *PREPROCESSING_TRUSTED_TYPES]))
+
+
+def untrusted_types(model: Pipeline, spec: PipelineSpec) -> list[str]:
+    """Types in the fitted model that skops would refuse to load for this spec."""
+    import skops.io
+
+    found = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    return sorted(set(found) - set(trusted_types(spec)))
+
+
 def make_estimator(spec: PipelineSpec) -> Pipeline:
     """The spec's estimator behind the preprocessing its features need, as one saved pipeline.
 

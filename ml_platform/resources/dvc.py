@@ -47,10 +47,21 @@ class DvcLedger:
             time.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
 
-    def record(self) -> str:
-        """`dvc commit` every stage's outputs as they are now, then push them to the remote."""
-        self.run("commit", "--force", "--quiet")
-        return self.run("push", "--quiet")
+    def record(self, pipelines: list[str] | None = None) -> str:
+        """`dvc commit` the stages' outputs as they are now (every stage, or only those of
+        `pipelines`: a pipeline that never ran has nothing to commit), then push them."""
+        targets = self.stages_of(pipelines) if pipelines is not None else []
+        if pipelines is not None and not targets:
+            return ""
+        self.run("commit", "--force", "--quiet", *targets)
+        return self.run("push", "--quiet", *targets)
+
+    def stages_of(self, pipelines: list[str]) -> list[str]:
+        """dvc.yaml's stage names for these pipelines (`<pipeline>_<stage>`)."""
+        import yaml
+
+        stages = (yaml.safe_load((self.root / "dvc.yaml").read_text()) or {}).get("stages") or {}
+        return [name for name in stages if any(name.startswith(f"{p}_") for p in pipelines)]
 
     def status(self) -> dict:
         return json.loads(self.run("status", "--json") or "{}")

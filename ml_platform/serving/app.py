@@ -176,13 +176,16 @@ def create_app(
 def create_app_from_env() -> FastAPI:
     """The uvicorn factory used by `ml-platform serve` (every worker builds its own app)."""
     from ml_platform.settings import default_root, mlflow_uri, online_store_url, spec_dir_from_env
-    from ml_platform.specs import load_specs
+    from ml_platform.specs import load_specs_isolated
 
     root = default_root()
     _limit_native_threads()
+    specs, errors = load_specs_isolated(spec_dir_from_env(), root)
+    for error in errors.values():  # one team's broken spec never takes the others offline
+        log.error("not serving a pipeline whose spec is broken: %s", error)
     return create_app(
         root,
-        load_specs(spec_dir_from_env(), root),
+        specs,
         mlflow_uri(root),
         online_store_url(root),
         float(os.environ.get(RELOAD_SECONDS_ENV, "5")),

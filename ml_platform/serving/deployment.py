@@ -16,6 +16,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ml_platform.core import training
 from ml_platform.serving.loader import CANARY, CANARY_WEIGHT_TAG, CHAMPION, load_version
 from ml_platform.specs import PipelineSpec
 
@@ -108,7 +109,7 @@ class ModelSlots:
             return loaded
         try:
             model = load_version(
-                self.client, self.spec.name, version, self.spec.model.skops_trusted_types
+                self.client, self.spec.name, version, training.trusted_types(self.spec)
             )
             checked = fitted_on(model, self.spec.feature_columns)
         except Exception as exc:  # keep serving what we have rather than nothing

@@ -63,7 +63,7 @@ STAGES = (
     "predictions",
     "drift_report",
 )
-LOCATION = "ml_platform"  # workspace.yaml's location_name: the lineage URL is keyed on it
+LOCATION = PIPELINE  # workspace.yaml: one code location per pipeline; lineage URLs use it
 STORES, DAYS, SEED = 4, 90, 3  # > 28 labelled days to train; seed 3 promotes a first champion
 UI_TIMEOUT_MS = 120_000  # 2 cores shared with other jobs: generous, but every wait polls
 RUN_TIMEOUT_S = 300.0  # a run is a fresh process importing pandas, sklearn and mlflow

@@ -12,20 +12,22 @@ import yaml
 from ml_platform.definitions import build_definitions
 from ml_platform_tests.conftest import REPO_ROOT
 
+PIPELINES = ("sales_forecast", "customer_churn")  # every shipped spec: one group each
+EDGES = {
+    "raw": set(),
+    "validated": {"raw"},
+    "quarantine": {"raw"},
+    "features": {"validated"},
+    "training_set": {"features"},
+    "challenger": {"training_set"},
+    "promotion": {"training_set", "challenger"},
+    "predictions": {"features", "promotion"},
+    "drift_report": {"features", "predictions", "promotion"},
+}
 EXPECTED_EDGES = {
-    "sales_forecast/raw": set(),
-    "sales_forecast/validated": {"sales_forecast/raw"},
-    "sales_forecast/quarantine": {"sales_forecast/raw"},
-    "sales_forecast/features": {"sales_forecast/validated"},
-    "sales_forecast/training_set": {"sales_forecast/features"},
-    "sales_forecast/challenger": {"sales_forecast/training_set"},
-    "sales_forecast/promotion": {"sales_forecast/training_set", "sales_forecast/challenger"},
-    "sales_forecast/predictions": {"sales_forecast/features", "sales_forecast/promotion"},
-    "sales_forecast/drift_report": {
-        "sales_forecast/features",
-        "sales_forecast/predictions",
-        "sales_forecast/promotion",
-    },
+    f"{p}/{stage}": {f"{p}/{parent}" for parent in parents}
+    for p in PIPELINES
+    for stage, parents in EDGES.items()
 }
 
 
@@ -43,8 +45,8 @@ def test_checks_jobs_and_partitions_snapshot(tmp_path):
     graph = defs.resolve_asset_graph()
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == {
-        ("sales_forecast/validated", "contract"),
-        ("sales_forecast/drift_report", "no_dataset_drift"),
+        *((f"{p}/validated", "contract") for p in PIPELINES),
+        *((f"{p}/drift_report", "no_dataset_drift") for p in PIPELINES),
     }
     blocking = {
         spec.key.name
@@ -53,17 +55,18 @@ def test_checks_jobs_and_partitions_snapshot(tmp_path):
         if spec.blocking
     }
     assert blocking == {"contract"}
-    assert {"sales_forecast_ingest", "sales_forecast_training"} <= {
-        j.name for j in defs.resolve_all_job_defs()
-    }
+    jobs = {j.name for j in defs.resolve_all_job_defs()}
+    assert {f"{p}_{kind}" for p in PIPELINES for kind in ("ingest", "training")} <= jobs
     assert {s.name for s in defs.sensors} == {
-        "sales_forecast_landing_sensor",
-        "sales_forecast_drift_sensor",
-        "sales_forecast_canary",
+        *(
+            f"{p}_{kind}"
+            for p in PIPELINES
+            for kind in ("landing_sensor", "drift_sensor", "canary")
+        ),
         "dvc_recorder",
         "ml_platform_run_failure_alerts",
     }
-    assert {s.name for s in defs.schedules} == {"sales_forecast_retrain_schedule"}
+    assert {s.name for s in defs.schedules} == {f"{p}_retrain_schedule" for p in PIPELINES}
     # The canary sensor runs by default only where the spec deploys by canary.
     canary = next(s for s in defs.sensors if s.name == "sales_forecast_canary")
     assert canary.default_status == dg.DefaultSensorStatus.STOPPED
@@ -73,7 +76,8 @@ def test_checks_jobs_and_partitions_snapshot(tmp_path):
         if isinstance(graph.get(k).partitions_def, dg.DailyPartitionsDefinition)
     }
     assert daily == {
-        f"sales_forecast/{s}"
+        f"{p}/{s}"
+        for p in PIPELINES
         for s in ("raw", "validated", "quarantine", "features", "predictions", "drift_report")
     }
 

@@ -354,7 +354,7 @@ def test_a_failed_run_is_one_alert_line_and_one_post_even_if_redelivered(
     (alert,) = read_alerts(alerts_path(env))
     assert alert["run_id"] == result.run_id
     assert alert["asset"] == f"{spec.name}/validated"
-    assert alert["reason"].startswith("validated: data contract broken")
+    assert alert["reason"].startswith(f"{spec.name}__validated: data contract broken")
     assert "missing required columns ['units_sold']" in alert["reason"]
     assert webhook == [alert]
 
