@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import special
+from scipy import special, stats
+from scipy.spatial import distance as scipy_distance
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
@@ -186,19 +187,6 @@ def compute_drift(
         n_current=len(current),
         thresholds=thresholds,
     )
-
-
-def benjamini_hochberg(p_values: np.ndarray | list[float]) -> np.ndarray:
-    """BH step-up adjusted p-values (false discovery rate), capped at 1."""
-    p = np.asarray(p_values, dtype=np.float64)
-    if p.size == 0:
-        return p
-    order = np.argsort(p)
-    scaled = p[order] * p.size / np.arange(1, p.size + 1)
-    adjusted_sorted = np.minimum.accumulate(scaled[::-1])[::-1]
-    adjusted = np.empty_like(p)
-    adjusted[order] = np.minimum(adjusted_sorted, 1.0)
-    return adjusted
 
 
 def concept_drift(errors_current: np.ndarray, holdout_mae: float, tolerance: float) -> dict:
@@ -454,23 +442,21 @@ def _psi(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
 
 
 def _js_distance(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
-    """Jensen-Shannon distance in bits; finite without smoothing, since m > 0 wherever p or q is."""
-    p = ref_counts / ref_counts.sum()
-    q = cur_counts / cur_counts.sum()
-    m = (p + q) / 2
-    divergence = 0.5 * np.sum(_xlog2(p, m)) + 0.5 * np.sum(_xlog2(q, m))
-    return float(math.sqrt(max(divergence, 0.0)))
+    """Jensen-Shannon distance in bits (so in [0, 1]); scipy normalises the counts to shares.
 
-
-def _xlog2(p: np.ndarray, m: np.ndarray) -> np.ndarray:
-    ratio = np.divide(p, m, out=np.ones_like(p), where=p > 0)
-    return p * np.log2(ratio)
+    For nearly equal shares the divergence can round to a tiny negative number, whose square root
+    scipy returns as NaN; the distance there is zero.
+    """
+    with np.errstate(invalid="ignore"):
+        value = float(scipy_distance.jensenshannon(ref_counts, cur_counts, base=2))
+    return value if math.isfinite(value) else 0.0
 
 
 def _adjust_defined(p_values: list[float | None]) -> list[float | None]:
     defined = [i for i, p in enumerate(p_values) if p is not None and math.isfinite(p)]
     adjusted: list[float | None] = [None] * len(p_values)
-    for i, value in zip(defined, benjamini_hochberg([p_values[i] for i in defined]), strict=True):
+    bh = stats.false_discovery_control([p_values[i] for i in defined], method="bh")
+    for i, value in zip(defined, bh, strict=True):
         adjusted[i] = float(value)
     return adjusted
 
