@@ -25,7 +25,7 @@ NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 _KINDS = (NUMERIC, CATEGORICAL)
 
-_PSI_EPSILON = 1e-4  # floor for bin shares, so empty bins (unseen/vanished values) stay finite
+PSI_EPSILON = 1e-4  # floor for bin shares, so empty bins (unseen/vanished values) stay finite
 _GRID_CELLS = 4096  # fine cells between the bulk quantiles; Wasserstein error is about range/4096
 _RANGE_SAMPLE = 20_000  # a random sample places the grid; the tails beyond it are summed exactly
 _RANGE_QUANTILES = (0.01, 0.99)  # outliers and sentinels fall in the tails, not the grid
@@ -245,7 +245,7 @@ def _numeric_stats(ref: np.ndarray, cur: np.ndarray, bins: int) -> dict:
     ks = float(np.max(np.abs(cdf_r - cdf_c)))
     ref_bins, cur_bins = _quantile_bins(counts_r, counts_c, bins)
     out.update(
-        psi=_psi(ref_bins, cur_bins),
+        psi=psi(ref_bins, cur_bins),
         distance=wasserstein / float(np.std(ref)),
         p_value=_ks_p_value(ks, ref.size, cur.size),
     )
@@ -262,7 +262,7 @@ def _constant_reference(value: float, n_ref: int, cur: np.ndarray, out: dict) ->
     ref_bins = np.array([0, 1, 0])
     cur_bins = np.array([below, cur.size - below - above, above])
     out.update(
-        psi=_psi(ref_bins, cur_bins),
+        psi=psi(ref_bins, cur_bins),
         distance=None,  # normalising by a zero reference std is undefined
         p_value=_ks_p_value(max(below, above) / cur.size, n_ref, cur.size),
         note=f"constant in reference ({value:g}); {differs:.1%} of current differs",
@@ -291,7 +291,7 @@ def _categorical_stats(ref: pd.Series, cur: pd.Series) -> dict:
     p_value = None
     if table.shape[1] > 1:
         p_value = _chi_square_p_value(table)
-    out.update(psi=_psi(ref_bins, cur_bins), distance=_js_distance(ref_bins, cur_bins))
+    out.update(psi=psi(ref_bins, cur_bins), distance=_js_distance(ref_bins, cur_bins))
     out["p_value"] = p_value
     if len(counts_ref) == 1:
         out["note"] = f"constant in reference ({counts_ref.index[0]!r})"
@@ -435,9 +435,16 @@ def _finite(values: np.ndarray) -> tuple[np.ndarray, float]:
 # --- shared helpers -----------------------------------------------------------------------------
 
 
-def _psi(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
-    p = np.maximum(ref_counts / ref_counts.sum(), _PSI_EPSILON)
-    q = np.maximum(cur_counts / cur_counts.sum(), _PSI_EPSILON)
+def psi(
+    reference_counts: np.ndarray, current_counts: np.ndarray, epsilon: float = PSI_EPSILON
+) -> float:
+    """Population stability index of two histograms over the same bins.
+
+    Shares are floored at epsilon, so a bin empty on one side (unseen or vanished values) stays
+    finite. The drift report and the canary's prediction check both use this one definition.
+    """
+    p = np.maximum(reference_counts / reference_counts.sum(), epsilon)
+    q = np.maximum(current_counts / current_counts.sum(), epsilon)
     return float(np.sum((q - p) * np.log(q / p)))
 
 
