@@ -7,7 +7,6 @@ call goes through one file lock here and retries on contention.
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import sys
 import time
@@ -51,9 +50,6 @@ class DvcLedger:
         """`dvc commit` every stage's outputs as they are now, then push them to the remote."""
         self.run("commit", "--force", "--quiet")
         return self.run("push", "--quiet")
-
-    def status(self) -> dict:
-        return json.loads(self.run("status", "--json") or "{}")
 
     def cache_path(self, md5: str) -> Path:
         """Where DVC 3 keeps a file with this md5 in the local cache."""
