@@ -24,7 +24,7 @@ import pytest
 import yaml
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
-from ml_platform.automation.alerts import alerts_path, read_alerts
+from ml_platform.automation.alerts import alerts_path
 from ml_platform.automation.jobs import ingest_job_name, training_job_name
 from ml_platform.automation.sensors import (
     DRIFT_REPORT_TAG,
@@ -34,6 +34,7 @@ from ml_platform.automation.sensors import (
     drift_sensor_name,
     landing_sensor_name,
 )
+from ml_platform.core.json_lines import read_json_lines
 from ml_platform.core.storage import md5_file
 from ml_platform.specs import SPEC_DIR, PipelineSpec, load_spec
 from ml_platform_tests.conftest import (
@@ -421,7 +422,7 @@ def test_corrupt_file_fails_once_with_one_alert_and_the_champion_unchanged(stack
     run_id = runs[0].run_id
 
     def alert_lines():
-        return [a for a in read_alerts(alerts_path(stack.root)) if a["run_id"] == run_id]
+        return [a for a in read_json_lines(alerts_path(stack.root)) if a["run_id"] == run_id]
 
     (alert,) = wait_for(alert_lines, 120, f"an alert line for run {run_id}")
     assert alert["pipeline"] == spec.name

@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml_platform.automation.alerts import alerts_path, read_alerts
+from ml_platform.automation.alerts import alerts_path
 from ml_platform.automation.canary_sensor import build_canary_sensor
 from ml_platform.core import training
+from ml_platform.core.json_lines import read_json_lines
 from ml_platform.lineage import history
 from ml_platform.serving.canary_release import release_canary
 from ml_platform.serving.loader import CANARY, CANARY_WEIGHT_TAG, CHAMPION, PREVIOUS
@@ -167,7 +168,7 @@ def test_bad_canary_is_rolled_back_and_the_champion_never_changes(
     assert weights[-1] == "0"
     assert set(traffic.statuses) == {200}, traffic.statuses
     assert traffic.variants["canary"] > 0, "the canary never served: routing is broken"
-    alerts = read_alerts(alerts_path(serving_root))
+    alerts = read_json_lines(alerts_path(serving_root))
     assert any(f"canary v{bad}" in a["reason"] for a in alerts)
     events = [e for e in history(serving_root, canary_spec) if e["to_version"] in (bad, "none")]
     assert events and events[-1]["alias"] == CANARY and events[-1]["to_version"] == "none"
