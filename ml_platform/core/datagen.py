@@ -13,9 +13,7 @@ and the first N stores are the same whatever `stores` is.
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -24,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ml_platform.core.storage import atomic_write
 
 COLUMNS: tuple[str, ...] = ("date", "store_id", "product_id", "units_sold", "price", "promo")
 DEFAULT_HOLIDAYS: tuple[str, ...] = ("01-01", "05-01", "07-04", "11-11", "12-24", "12-25", "12-31")
@@ -346,25 +346,10 @@ def write_landing_files(
     for i in range(config.days):
         day = first + timedelta(days=i)
         target = landing_path(directory, day)
-        _write_atomically(generate_day(config, day), target, overwrite=not append)
+        frame = generate_day(config, day)
+        csv = frame.to_csv(index=False, float_format="%.2f", lineterminator="\n").encode()
+        atomic_write(target, csv, overwrite=not append, fsync=False)  # synthetic: no fsync needed
         written.append(target)
         if progress is not None:
             progress(i + 1, config.days)
     return written
-
-
-def _write_atomically(frame: pd.DataFrame, target: Path, *, overwrite: bool) -> None:
-    """Temp file in the same directory, then rename; `overwrite=False` uses a hard link,
-    which fails instead of replacing a file that appeared in the meantime."""
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            frame.to_csv(handle, index=False, float_format="%.2f", lineterminator="\n")
-        if overwrite:
-            os.replace(tmp_name, target)
-        else:
-            os.link(tmp_name, target)
-            os.unlink(tmp_name)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise

@@ -35,7 +35,7 @@ from ml_platform.automation.sensors import (
     landing_sensor_name,
 )
 from ml_platform.core.json_lines import read_json_lines
-from ml_platform.core.storage import md5_file
+from ml_platform.core.storage import atomic_write, md5_file
 from ml_platform.specs import SPEC_DIR, PipelineSpec, load_spec
 from ml_platform_tests.conftest import (
     REPO_ROOT,
@@ -209,13 +209,6 @@ def run_partitions(run: dg.DagsterRun) -> list[str]:
 
 def _day(spec: PipelineSpec, offset: int) -> str:
     return (spec.landing.start_date + timedelta(days=offset)).isoformat()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """What the generator does: a dot-named temp file, then a rename."""
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _train_by_hand(root: Path, spec_dir: Path, spec: PipelineSpec) -> None:
@@ -401,7 +394,7 @@ def test_duplicate_drop_of_the_same_content_starts_no_run(stack: Stack):
     path = max(stack.landing.glob("????-??-??.csv"))
     before = len(stack.ingest_runs())
     dropped = time.time()
-    _write_atomically(path, path.read_bytes())  # same bytes, new inode and mtime
+    atomic_write(path, path.read_bytes())  # same bytes, new inode and mtime
     stack.wait_ticks(landing_sensor_name(stack.spec), after=dropped, count=3)
     assert len(stack.ingest_runs()) == before
 
@@ -413,7 +406,7 @@ def test_corrupt_file_fails_once_with_one_alert_and_the_champion_unchanged(stack
     latest = date.fromisoformat(max(stack.landing.glob("????-??-??.csv")).stem)
     day = (latest + timedelta(days=1)).isoformat()
     body = "".join(f"{day},S{i:04d},P01,{i},2.50,0\n" for i in range(1, STORES + 1))
-    _write_atomically(
+    atomic_write(
         stack.landing / f"{day}.csv",
         b"date,store_id,product_id,units,price,promo\n" + body.encode(),
     )

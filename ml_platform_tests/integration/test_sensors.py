@@ -163,7 +163,7 @@ def test_bad_names_are_skipped_with_one_alert_each_and_never_crash_the_tick(env,
     (folder / "20240102.csv").write_text(HEADER)
     before_start = folder / f"{spec.landing.start_date - timedelta(days=1)}.csv"
     before_start.write_text(HEADER)
-    (folder / f".{good.stem}.abc.part").write_text("half written")  # generator temp file
+    (folder / f".{good.name}.abc.tmp").write_text("half written")  # generator temp file
     (folder / "archive").mkdir()
     landing, _ = sensors(spec)
 
