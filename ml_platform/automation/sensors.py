@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,9 +42,9 @@ from ml_platform.automation.jobs import ingest_job_name, training_job_name
 from ml_platform.automation.schedules import PIPELINE_TAG, TRIGGER_TAG, build_retrain_schedule
 from ml_platform.core.storage import md5_file
 from ml_platform.resources.platform import PlatformPaths, default_root
+from ml_platform.settings import ALERT_WEBHOOK_ENV, alert_webhook_url
 from ml_platform.specs import PipelineSpec
 
-WEBHOOK_ENV = "ML_PLATFORM_ALERT_WEBHOOK"
 FAILURE_SENSOR_NAME = "ml_platform_run_failure_alerts"
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -396,12 +395,12 @@ def deliver_alert(alert: Alert, root: Path, log: logging.Logger) -> bool:
     if not written:
         log.info(f"alert for run {alert.run_id} already recorded; not sent again")
         return False
-    url = os.environ.get(WEBHOOK_ENV)
+    url = alert_webhook_url()
     if url:
         try:
             post_webhook(url, alert)
         except Exception as exc:  # any network or HTTP error: the alert is already on disk
-            log.warning(f"alert webhook {WEBHOOK_ENV} failed: {type(exc).__name__}: {exc}")
+            log.warning(f"alert webhook {ALERT_WEBHOOK_ENV} failed: {type(exc).__name__}: {exc}")
     return True
 
 
@@ -477,7 +476,7 @@ def build_failure_sensor(minimum_interval_seconds: int = 30) -> dg.SensorDefinit
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Append a JSON alert to .ml_platform/alerts.jsonl for every failed run "
-            f"(and POST it to ${WEBHOOK_ENV} when set)."
+            f"(and POST it to ${ALERT_WEBHOOK_ENV} when set)."
         ),
     )
     def run_failure_alerts(context: dg.RunFailureSensorContext) -> None:
