@@ -1,12 +1,14 @@
 """Structured alerts: one JSON line per event in `.ml_platform/alerts.jsonl`, optionally a webhook.
 
 Plain Python with no dagster import, so the format, the sink and the dedupe rule are unit-tested
-on their own. The sensors in `sensors.py` gather the facts from Dagster and call these functions.
+on their own. The sensors (`failure_sensor.py`, `landing_sensor.py`) gather the facts from Dagster
+and call these functions.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -14,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ml_platform.core.json_lines import append_json_line, iso_time
+from ml_platform.settings import ALERT_WEBHOOK_ENV, alert_webhook_url
 
 ALERTS_FILE = "alerts.jsonl"
 JOB_SUFFIXES = ("_ingest", "_training")
@@ -168,3 +171,18 @@ def post_webhook(url: str, alert: Alert, timeout: float = WEBHOOK_TIMEOUT_SECOND
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return int(response.status)
+
+
+def deliver_alert(alert: Alert, root: Path, log: logging.Logger) -> bool:
+    """File first, webhook second; a webhook failure is logged and never fails the tick."""
+    written = append_alert(alerts_path(root), alert)
+    if not written:
+        log.info(f"alert for run {alert.run_id} already recorded; not sent again")
+        return False
+    url = alert_webhook_url()
+    if url:
+        try:
+            post_webhook(url, alert)
+        except Exception as exc:  # any network or HTTP error: the alert is already on disk
+            log.warning(f"alert webhook {ALERT_WEBHOOK_ENV} failed: {type(exc).__name__}: {exc}")
+    return True
