@@ -353,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ml_platform.settings import use_passive_openmp
+
+    use_passive_openmp()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["drift"]:
         return cmd_drift(argv[1:])

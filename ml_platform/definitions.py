@@ -7,6 +7,11 @@ Here a broken spec is logged and left out.
 
 from __future__ import annotations
 
+# ruff: noqa: E402  (the OpenMP setting must come before any scikit-learn import)
+from ml_platform.settings import use_passive_openmp
+
+use_passive_openmp()  # before scikit-learn loads OpenMP: see its docstring
+
 # Import order, for speed: skops (model loading) names each of scipy's ~230 ufuncs at import by
 # scanning sys.modules, in import order, until it reaches scipy. scikit-learn (and with it scipy)
 # is imported anyway; importing it here, before MLflow's ~1,500 modules, makes that scan about

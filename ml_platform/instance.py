@@ -11,6 +11,8 @@ import json
 import os
 from pathlib import Path
 
+from ml_platform.settings import dagster_home_from_env, gc_freeze_enabled, sqlite_durable
+
 DAGSTER_YAML = """\
 # Embedded default: SQLite storage under this folder. See deploy/dagster.postgres.yaml for Postgres.
 telemetry:
@@ -43,7 +45,7 @@ def dagster_yaml(home: Path) -> str:
 
 def ensure_dagster_home(root: Path) -> Path:
     """Use DAGSTER_HOME if set, else `.ml_platform/dagster_home`, creating it with a config."""
-    home = Path(os.environ.get("DAGSTER_HOME") or root / ".ml_platform" / "dagster_home")
+    home = dagster_home_from_env() or Path(root) / ".ml_platform" / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
@@ -68,7 +70,7 @@ def tune_embedded_sqlite() -> None:
     full durability. Set ML_PLATFORM_SQLITE_DURABLE=1 to opt out; production uses Postgres.
     """
     global _TUNED
-    if _TUNED or os.environ.get("ML_PLATFORM_SQLITE_DURABLE") == "1":
+    if _TUNED or sqlite_durable():
         return
     import sqlite3
 
@@ -77,13 +79,13 @@ def tune_embedded_sqlite() -> None:
 
     @event.listens_for(Engine, "connect")
     def _pragmas(dbapi_connection: object, _record: object) -> None:
-        home = os.environ.get("DAGSTER_HOME")
-        if not home or not isinstance(dbapi_connection, sqlite3.Connection):
+        home = dagster_home_from_env()
+        if home is None or not isinstance(dbapi_connection, sqlite3.Connection):
             return
         cursor = dbapi_connection.cursor()
         try:
             path = cursor.execute("PRAGMA database_list").fetchone()[2]
-            if path and Path(path).resolve().is_relative_to(Path(home).resolve()):
+            if path and Path(path).resolve().is_relative_to(home.resolve()):
                 cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute("PRAGMA synchronous=OFF")
         finally:
@@ -105,7 +107,7 @@ def freeze_loaded_heap() -> int:
     """
     import gc
 
-    if os.environ.get("ML_PLATFORM_GC_FREEZE") == "0":
+    if not gc_freeze_enabled():
         return 0
     gc.freeze()
     return gc.get_freeze_count()

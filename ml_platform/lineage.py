@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from ml_platform.core import training
-from ml_platform.resources.audit import read_audit, record_alias_change
+from ml_platform.core.json_lines import read_json_lines
+from ml_platform.resources.audit import record_alias_change
 from ml_platform.resources.dvc import DvcError, DvcLedger
 from ml_platform.resources.registry import CHAMPION, PREVIOUS, ModelRegistry
 from ml_platform.specs import PipelineSpec
@@ -29,7 +30,7 @@ def _audit_path(root: Path, spec: PipelineSpec) -> Path:
 
 def history(root: Path, spec: PipelineSpec) -> list[dict]:
     """Every alias change, oldest first, as recorded in the append-only audit log."""
-    return read_audit(_audit_path(root, spec))
+    return read_json_lines(_audit_path(root, spec))
 
 
 def format_history(entries: list[dict]) -> str:

@@ -15,6 +15,9 @@ import dagster as dg
 def __getattr__(name: str) -> dg.Definitions:
     if name.startswith("_"):
         raise AttributeError(name)
+    from ml_platform.settings import use_passive_openmp
+
+    use_passive_openmp()  # before scikit-learn loads OpenMP
     import sklearn  # noqa: F401  first, as in ml_platform.definitions (skops import scan)
 
     from ml_platform.assemble import build_definitions

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from ml_platform.settings import use_passive_openmp
 from ml_platform.specs import SPEC_DIR, PipelineSpec, load_spec
+
+use_passive_openmp()  # the test processes fit models too
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,19 +1,22 @@
 """Structured alerts: one JSON line per event in `.ml_platform/alerts.jsonl`, optionally a webhook.
 
 Plain Python with no dagster import, so the format, the sink and the dedupe rule are unit-tested
-on their own. The sensors in `sensors.py` gather the facts from Dagster and call these functions.
+on their own. The sensors (`failure_sensor.py`, `landing_sensor.py`) gather the facts from Dagster
+and call these functions.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
+import logging
 import os
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
+
+from ml_platform.core.json_lines import append_json_line, iso_time
+from ml_platform.settings import ALERT_WEBHOOK_ENV, alert_webhook_url
 
 ALERTS_FILE = "alerts.jsonl"
 JOB_SUFFIXES = ("_ingest", "_training")
@@ -48,11 +51,6 @@ class Alert:
 
 def alerts_path(root: Path) -> Path:
     return Path(root) / ".ml_platform" / ALERTS_FILE
-
-
-def iso_time(timestamp: float) -> str:
-    """UTC ISO-8601 with seconds, so lines sort and compare as text."""
-    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="seconds")
 
 
 def pipeline_of(job_name: str | None, asset_keys: Iterable[str] = ()) -> str:
@@ -132,22 +130,15 @@ def skipped_file_alert(
 def append_alert(path: Path, alert: Alert) -> bool:
     """Append one line unless an alert for the same run is already there; True if written.
 
-    The line goes out in a single `write` on an `O_APPEND` descriptor, so concurrent writers never
-    interleave and a crash leaves either the whole line or nothing. The dedupe check and the write
-    happen under an exclusive `flock`, which makes a re-delivered run-failure event (the sensor
-    daemon was killed after writing but before saving its cursor) a no-op.
+    The dedupe check runs under the sink's lock (`append_json_line`), which makes a re-delivered
+    run-failure event (the sensor daemon was killed after writing but before saving its cursor) a
+    no-op.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (alert.to_json() + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if alert.run_id is not None and alert.run_id in _recent_run_ids(path):
-            return False
-        os.write(fd, line)
-        return True
-    finally:
-        os.close(fd)  # closing releases the lock
+
+    def already_there() -> bool:
+        return alert.run_id is not None and alert.run_id in _recent_run_ids(path)
+
+    return append_json_line(path, alert.to_json(), skip_if=already_there)
 
 
 def _recent_run_ids(path: Path) -> set[str]:
@@ -167,13 +158,6 @@ def _recent_run_ids(path: Path) -> set[str]:
     return run_ids
 
 
-def read_alerts(path: Path) -> list[dict]:
-    """Every alert in the sink, oldest first (an absent sink has none)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def post_webhook(url: str, alert: Alert, timeout: float = WEBHOOK_TIMEOUT_SECONDS) -> int:
     """POST the alert as JSON and return the HTTP status; network errors propagate to the caller.
 
@@ -187,3 +171,18 @@ def post_webhook(url: str, alert: Alert, timeout: float = WEBHOOK_TIMEOUT_SECOND
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return int(response.status)
+
+
+def deliver_alert(alert: Alert, root: Path, log: logging.Logger) -> bool:
+    """File first, webhook second; a webhook failure is logged and never fails the tick."""
+    written = append_alert(alerts_path(root), alert)
+    if not written:
+        log.info(f"alert for run {alert.run_id} already recorded; not sent again")
+        return False
+    url = alert_webhook_url()
+    if url:
+        try:
+            post_webhook(url, alert)
+        except Exception as exc:  # any network or HTTP error: the alert is already on disk
+            log.warning(f"alert webhook {ALERT_WEBHOOK_ENV} failed: {type(exc).__name__}: {exc}")
+    return True

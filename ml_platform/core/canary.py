@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from prometheus_client.parser import text_string_to_metric_families
 
+from ml_platform.core import drift
+
 REQUESTS = "ml_platform_requests_total"
 ERRORS = "ml_platform_request_errors_total"
 LATENCY = "ml_platform_request_latency_seconds"
@@ -161,21 +163,20 @@ def histogram_quantile(buckets: Buckets, q: float) -> float | None:
     return lower  # unreachable: the last bucket holds every observation
 
 
-def _shares(buckets: Buckets) -> np.ndarray:
-    counts = np.diff(np.array([count for _, count in buckets], dtype=float), prepend=0.0)
-    return counts / counts.sum()
+def _counts(buckets: Buckets) -> np.ndarray:
+    return np.diff(np.array([count for _, count in buckets], dtype=float), prepend=0.0)
 
 
-def bucket_psi(reference: Buckets, current: Buckets, epsilon: float = 1e-4) -> float | None:
-    """Population stability index over the histograms' buckets; shares are floored at epsilon
-    so a bucket empty on one side stays finite. None when either side has no observations."""
+def bucket_psi(
+    reference: Buckets, current: Buckets, epsilon: float = drift.PSI_EPSILON
+) -> float | None:
+    """Population stability index over the histograms' buckets (`drift.psi`); None when either
+    side has no observations."""
     if not reference or not current or reference[-1][1] <= 0 or current[-1][1] <= 0:
         return None
     if [le for le, _ in reference] != [le for le, _ in current]:
         raise ValueError("histograms have different bucket bounds; PSI needs the same buckets")
-    ref = np.clip(_shares(reference), epsilon, None)
-    cur = np.clip(_shares(current), epsilon, None)
-    return float(np.sum((cur - ref) * np.log(cur / ref)))
+    return drift.psi(_counts(reference), _counts(current), epsilon)
 
 
 class Status(StrEnum):

@@ -13,9 +13,7 @@ and the first N stores are the same whatever `stores` is.
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -24,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ml_platform.core.storage import atomic_write
 
 COLUMNS: tuple[str, ...] = ("date", "store_id", "product_id", "units_sold", "price", "promo")
 DEFAULT_HOLIDAYS: tuple[str, ...] = ("01-01", "05-01", "07-04", "11-11", "12-24", "12-25", "12-31")
@@ -335,36 +335,41 @@ def write_landing_files(
     With `append`, generation continues the day after the newest landing file (or at
     `config.start` when there is none) and an existing file is never replaced.
     """
+    return write_daily_files(
+        lambda day: generate_day(config, day),
+        config.start,
+        config.days,
+        directory,
+        append=append,
+        progress=progress,
+    )
+
+
+def write_daily_files(
+    generate: Callable[[date], pd.DataFrame],
+    start: date,
+    days: int,
+    directory: Path,
+    *,
+    append: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Path]:
+    """`days` landing files from `generate(day)`, written atomically (any generator's files)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    first = config.start
+    first = start
     if append:
         latest = latest_landing_day(directory)
         if latest is not None:
             first = latest + timedelta(days=1)
     written: list[Path] = []
-    for i in range(config.days):
+    for i in range(days):
         day = first + timedelta(days=i)
         target = landing_path(directory, day)
-        _write_atomically(generate_day(config, day), target, overwrite=not append)
+        frame = generate(day)
+        csv = frame.to_csv(index=False, float_format="%.2f", lineterminator="\n").encode()
+        atomic_write(target, csv, overwrite=not append, fsync=False)  # synthetic: no fsync needed
         written.append(target)
         if progress is not None:
-            progress(i + 1, config.days)
+            progress(i + 1, days)
     return written
-
-
-def _write_atomically(frame: pd.DataFrame, target: Path, *, overwrite: bool) -> None:
-    """Temp file in the same directory, then rename; `overwrite=False` uses a hard link,
-    which fails instead of replacing a file that appeared in the meantime."""
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            frame.to_csv(handle, index=False, float_format="%.2f", lineterminator="\n")
-        if overwrite:
-            os.replace(tmp_name, target)
-        else:
-            os.link(tmp_name, target)
-            os.unlink(tmp_name)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import date, timedelta
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ml_platform.core.datagen import BAD_DATE, _write_atomically, landing_path, latest_landing_day
+from ml_platform.core.datagen import BAD_DATE, write_daily_files
 
 COLUMNS: tuple[str, ...] = (
     "date",
@@ -318,19 +318,11 @@ def write_landing_files(
     With `append`, generation continues the day after the newest landing file (or at
     `config.start` when there is none) and an existing file is never replaced.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    first = config.start
-    if append:
-        latest = latest_landing_day(directory)
-        if latest is not None:
-            first = latest + timedelta(days=1)
-    written: list[Path] = []
-    for i in range(config.days):
-        day = first + timedelta(days=i)
-        target = landing_path(directory, day)
-        _write_atomically(generate_day(config, day), target, overwrite=not append)
-        written.append(target)
-        if progress is not None:
-            progress(i + 1, config.days)
-    return written
+    return write_daily_files(
+        lambda day: generate_day(config, day),
+        config.start,
+        config.days,
+        directory,
+        append=append,
+        progress=progress,
+    )

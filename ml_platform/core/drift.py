@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import special
+from scipy import special, stats
+from scipy.spatial import distance as scipy_distance
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 _KINDS = (NUMERIC, CATEGORICAL)
 
-_PSI_EPSILON = 1e-4  # floor for bin shares, so empty bins (unseen/vanished values) stay finite
+PSI_EPSILON = 1e-4  # floor for bin shares, so empty bins (unseen/vanished values) stay finite
 _GRID_CELLS = 4096  # fine cells between the bulk quantiles; Wasserstein error is about range/4096
 _RANGE_SAMPLE = 20_000  # a random sample places the grid; the tails beyond it are summed exactly
 _RANGE_QUANTILES = (0.01, 0.99)  # outliers and sentinels fall in the tails, not the grid
@@ -188,19 +189,6 @@ def compute_drift(
     )
 
 
-def benjamini_hochberg(p_values: np.ndarray | list[float]) -> np.ndarray:
-    """BH step-up adjusted p-values (false discovery rate), capped at 1."""
-    p = np.asarray(p_values, dtype=np.float64)
-    if p.size == 0:
-        return p
-    order = np.argsort(p)
-    scaled = p[order] * p.size / np.arange(1, p.size + 1)
-    adjusted_sorted = np.minimum.accumulate(scaled[::-1])[::-1]
-    adjusted = np.empty_like(p)
-    adjusted[order] = np.minimum(adjusted_sorted, 1.0)
-    return adjusted
-
-
 def concept_drift(errors_current: np.ndarray, holdout_mae: float, tolerance: float) -> dict:
     """Champion MAE on newly labelled rows against its holdout MAE; drift when ratio > tolerance."""
     if not (math.isfinite(holdout_mae) and holdout_mae >= 0):
@@ -257,7 +245,7 @@ def _numeric_stats(ref: np.ndarray, cur: np.ndarray, bins: int) -> dict:
     ks = float(np.max(np.abs(cdf_r - cdf_c)))
     ref_bins, cur_bins = _quantile_bins(counts_r, counts_c, bins)
     out.update(
-        psi=_psi(ref_bins, cur_bins),
+        psi=psi(ref_bins, cur_bins),
         distance=wasserstein / float(np.std(ref)),
         p_value=_ks_p_value(ks, ref.size, cur.size),
     )
@@ -274,7 +262,7 @@ def _constant_reference(value: float, n_ref: int, cur: np.ndarray, out: dict) ->
     ref_bins = np.array([0, 1, 0])
     cur_bins = np.array([below, cur.size - below - above, above])
     out.update(
-        psi=_psi(ref_bins, cur_bins),
+        psi=psi(ref_bins, cur_bins),
         distance=None,  # normalising by a zero reference std is undefined
         p_value=_ks_p_value(max(below, above) / cur.size, n_ref, cur.size),
         note=f"constant in reference ({value:g}); {differs:.1%} of current differs",
@@ -303,7 +291,7 @@ def _categorical_stats(ref: pd.Series, cur: pd.Series) -> dict:
     p_value = None
     if table.shape[1] > 1:
         p_value = _chi_square_p_value(table)
-    out.update(psi=_psi(ref_bins, cur_bins), distance=_js_distance(ref_bins, cur_bins))
+    out.update(psi=psi(ref_bins, cur_bins), distance=_js_distance(ref_bins, cur_bins))
     out["p_value"] = p_value
     if len(counts_ref) == 1:
         out["note"] = f"constant in reference ({counts_ref.index[0]!r})"
@@ -447,30 +435,35 @@ def _finite(values: np.ndarray) -> tuple[np.ndarray, float]:
 # --- shared helpers -----------------------------------------------------------------------------
 
 
-def _psi(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
-    p = np.maximum(ref_counts / ref_counts.sum(), _PSI_EPSILON)
-    q = np.maximum(cur_counts / cur_counts.sum(), _PSI_EPSILON)
+def psi(
+    reference_counts: np.ndarray, current_counts: np.ndarray, epsilon: float = PSI_EPSILON
+) -> float:
+    """Population stability index of two histograms over the same bins.
+
+    Shares are floored at epsilon, so a bin empty on one side (unseen or vanished values) stays
+    finite. The drift report and the canary's prediction check both use this one definition.
+    """
+    p = np.maximum(reference_counts / reference_counts.sum(), epsilon)
+    q = np.maximum(current_counts / current_counts.sum(), epsilon)
     return float(np.sum((q - p) * np.log(q / p)))
 
 
 def _js_distance(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
-    """Jensen-Shannon distance in bits; finite without smoothing, since m > 0 wherever p or q is."""
-    p = ref_counts / ref_counts.sum()
-    q = cur_counts / cur_counts.sum()
-    m = (p + q) / 2
-    divergence = 0.5 * np.sum(_xlog2(p, m)) + 0.5 * np.sum(_xlog2(q, m))
-    return float(math.sqrt(max(divergence, 0.0)))
+    """Jensen-Shannon distance in bits (so in [0, 1]); scipy normalises the counts to shares.
 
-
-def _xlog2(p: np.ndarray, m: np.ndarray) -> np.ndarray:
-    ratio = np.divide(p, m, out=np.ones_like(p), where=p > 0)
-    return p * np.log2(ratio)
+    For nearly equal shares the divergence can round to a tiny negative number, whose square root
+    scipy returns as NaN; the distance there is zero.
+    """
+    with np.errstate(invalid="ignore"):
+        value = float(scipy_distance.jensenshannon(ref_counts, cur_counts, base=2))
+    return value if math.isfinite(value) else 0.0
 
 
 def _adjust_defined(p_values: list[float | None]) -> list[float | None]:
     defined = [i for i, p in enumerate(p_values) if p is not None and math.isfinite(p)]
     adjusted: list[float | None] = [None] * len(p_values)
-    for i, value in zip(defined, benjamini_hochberg([p_values[i] for i in defined]), strict=True):
+    bh = stats.false_discovery_control([p_values[i] for i in defined], method="bh")
+    for i, value in zip(defined, bh, strict=True):
         adjusted[i] = float(value)
     return adjusted
 

@@ -42,10 +42,6 @@ def encode_frame(frame: pd.DataFrame) -> EncodedFrame:
     return EncodedFrame(payload, hashlib.md5(payload).hexdigest(), len(frame), dtypes)
 
 
-def md5_bytes(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
 def md5_file(path: Path, chunk_size: int = 1 << 20) -> str:
     """DVC-compatible md5 of a file, streamed so large files do not load into memory."""
     digest = hashlib.md5()
@@ -60,16 +56,27 @@ def combined_md5(hashes: list[str]) -> str:
     return hashlib.md5("\n".join(sorted(hashes)).encode()).hexdigest()
 
 
-def atomic_write(path: Path, payload: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+def atomic_write(path: Path, payload: bytes, *, overwrite: bool = True, fsync: bool = True) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see half a file.
+
+    The temp file's name starts with a dot, so folder scans (the landing sensor) skip it. With
+    `overwrite=False` the temp file is hard-linked into place instead, which raises
+    `FileExistsError` rather than replace a file that appeared in the meantime. `fsync=False`
+    skips the flush to disk (a few milliseconds per file) for data that can be made again.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        if overwrite:
+            os.replace(tmp_name, path)
+        else:
+            os.link(tmp_name, path)
+            os.unlink(tmp_name)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise

@@ -1,16 +1,16 @@
 """Append-only audit trail of alias changes: who moved which alias, when, why, with what evidence.
 
-One JSON object per line. Appends of a single line are atomic on POSIX for lines this size, so
-concurrent writers never interleave a record.
+One JSON object per line (`core.json_lines`), so concurrent writers never interleave a record;
+read it back with `read_json_lines`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from ml_platform.core.json_lines import append_json_line, iso_time
 
 
 def record_alias_change(
@@ -24,7 +24,7 @@ def record_alias_change(
     run_id: str | None,
 ) -> dict[str, Any]:
     record = {
-        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "time": iso_time(),
         "model": model,
         "alias": alias,
         "from_version": None if previous is None else str(getattr(previous, "version", previous)),
@@ -33,17 +33,5 @@ def record_alias_change(
         "evidence": evidence,
         "dagster_run_id": run_id,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    append_json_line(path, json.dumps(record, sort_keys=True))
     return record
-
-
-def read_audit(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

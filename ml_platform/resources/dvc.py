@@ -1,21 +1,20 @@
 """DVC as the data ledger: record what Dagster wrote, push it, and find old versions again.
 
-DVC takes a repository lock and a second concurrent `dvc` call fails with a LockError, so every
-call goes through one file lock here and retries on contention.
+DVC takes a repository lock, and by default a second concurrent `dvc` call gives up after about
+three seconds. Every call from here goes through one file lock (so the platform never races
+itself) and passes `--wait-for-lock` (DVC >= 3.61), so a `dvc` started elsewhere, for example by
+hand, is waited for instead of guessed at from the wording of its error. DVC's lock is an OS file
+lock, released when its holder exits, so the wait ends when that command does.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from filelock import FileLock
-
-LOCK_RETRIES = 5
 
 
 class DvcError(RuntimeError):
@@ -34,18 +33,14 @@ class DvcLedger:
         return (self.root / ".dvc").is_dir() and (self.root / "dvc.yaml").is_file()
 
     def run(self, *args: str) -> str:
-        """`dvc <args>` under the lock, retried with backoff when DVC's own lock is taken."""
+        """`dvc <args>` under the platform's lock, waiting for DVC's own lock if it is taken."""
         (self.root / ".ml_platform").mkdir(exist_ok=True)
-        command = [str(Path(sys.executable).with_name("dvc")), *args]
-        for attempt in range(LOCK_RETRIES):
-            with self.lock:
-                done = subprocess.run(command, cwd=self.root, capture_output=True, text=True)
-            if done.returncode == 0:
-                return done.stdout
-            if "lock" not in (done.stderr + done.stdout).lower() or attempt == LOCK_RETRIES - 1:
-                raise DvcError(f"dvc {' '.join(args)} failed: {done.stderr.strip() or done.stdout}")
-            time.sleep(0.5 * 2**attempt)
-        raise AssertionError("unreachable")
+        command = [str(Path(sys.executable).with_name("dvc")), "--wait-for-lock", *args]
+        with self.lock:
+            done = subprocess.run(command, cwd=self.root, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise DvcError(f"dvc {' '.join(args)} failed: {done.stderr.strip() or done.stdout}")
+        return done.stdout
 
     def record(self, pipelines: list[str] | None = None) -> str:
         """`dvc commit` the stages' outputs as they are now (every stage, or only those of
@@ -62,9 +57,6 @@ class DvcLedger:
 
         stages = (yaml.safe_load((self.root / "dvc.yaml").read_text()) or {}).get("stages") or {}
         return [name for name in stages if any(name.startswith(f"{p}_") for p in pipelines)]
-
-    def status(self) -> dict:
-        return json.loads(self.run("status", "--json") or "{}")
 
     def cache_path(self, md5: str) -> Path:
         """Where DVC 3 keeps a file with this md5 in the local cache."""

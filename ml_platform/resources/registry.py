@@ -79,10 +79,6 @@ class ModelRegistry(dg.ConfigurableResource):
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client().set_registered_model_alias(name, alias, str(version))
 
-    def delete_alias(self, name: str, alias: str) -> None:
-        if self.alias_version(name, alias) is not None:
-            self.client().delete_registered_model_alias(name, alias)
-
     def tag_version(self, name: str, version: str, tags: dict[str, Any]) -> None:
         client = self.client()
         for key, value in tags.items():

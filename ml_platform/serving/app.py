@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -37,7 +36,6 @@ from ml_platform.serving.requests import RequestError, RequestParser
 from ml_platform.specs import PipelineSpec
 
 log = logging.getLogger("ml_platform.serving")
-RELOAD_SECONDS_ENV = "ML_PLATFORM_SERVE_RELOAD_SECONDS"
 
 
 def json_response(payload: object, status: int = 200, request_id: str | None = None) -> Response:
@@ -175,7 +173,13 @@ def create_app(
 
 def create_app_from_env() -> FastAPI:
     """The uvicorn factory used by `ml-platform serve` (every worker builds its own app)."""
-    from ml_platform.settings import default_root, mlflow_uri, online_store_url, spec_dir_from_env
+    from ml_platform.settings import (
+        default_root,
+        mlflow_uri,
+        online_store_url,
+        serve_reload_seconds,
+        spec_dir_from_env,
+    )
     from ml_platform.specs import load_specs_isolated
 
     root = default_root()
@@ -188,7 +192,7 @@ def create_app_from_env() -> FastAPI:
         specs,
         mlflow_uri(root),
         online_store_url(root),
-        float(os.environ.get(RELOAD_SECONDS_ENV, "5")),
+        serve_reload_seconds(),
     )
 
 

@@ -13,7 +13,6 @@ it in an order that is safe to repeat if the sensor dies half-way:
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ml_platform.automation.alerts import Alert, alerts_path, append_alert, iso_time, truncate
+from ml_platform.automation.alerts import Alert, alerts_path, append_alert, truncate
 from ml_platform.core import training
 from ml_platform.core.canary import (
     CanaryPolicy,
@@ -39,6 +38,7 @@ from ml_platform.core.canary import (
     run_checks,
     subtract,
 )
+from ml_platform.core.json_lines import iso_time
 from ml_platform.resources.audit import record_alias_change
 from ml_platform.serving.loader import CANARY, CANARY_WEIGHT_TAG, CHAMPION, PREVIOUS
 from ml_platform.serving.metrics import SHADOW
@@ -129,7 +129,7 @@ def analyse(
         return CanaryCursor(), "no canary in flight"
     policy = policy_for(spec)
     if cursor.state is None or cursor.state.version != str(canary):
-        cursor = CanaryCursor(CanaryState(version=str(canary)), None, iso_time_now())
+        cursor = CanaryCursor(CanaryState(version=str(canary)), None, iso_time())
     state = cursor.state
     scraped = _parse(metrics_text, name)
     if scraped is None:  # unreachable, or not Prometheus text (a proxy's error page): no evidence
@@ -198,7 +198,7 @@ def _act(spec, client, root, old, new, policy, champion, results, metrics_text) 
         reason = f"canary v{version} {new.reason}; champion v{champion} unchanged"
         record_alias_change(audit, name, CANARY, version, "none", reason, evidence, None)
         alert = Alert(
-            time=iso_time_now(),
+            time=iso_time(),
             pipeline=name,
             asset=None,
             run_id=None,
@@ -236,7 +236,3 @@ def _online_mae(spec, root, labels, canary, champion, started) -> OnlineMae | No
 
     table = online_mae(log, truth, spec.entity_keys, spec.target, loss=loss)
     return mae_for(table, canary, champion)
-
-
-def iso_time_now() -> str:
-    return iso_time(time.time())

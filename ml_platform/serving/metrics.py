@@ -7,8 +7,6 @@ sees the whole server whichever worker answers it.
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -25,9 +23,9 @@ from ml_platform.core.canary import (
     PREDICTION_BUCKETS,
     REQUESTS,
 )
+from ml_platform.settings import prometheus_multiproc_dir
 
 LABELS = ("pipeline", "variant", "version")
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SHADOW = "shadow"  # variant label of champion predictions made for canary-routed entities
 
 
@@ -36,7 +34,7 @@ class ServingMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self.multiprocess = prometheus_multiproc_dir() is not None
         reg = self.registry
         self.requests = Counter(
             REQUESTS.removesuffix("_total"),

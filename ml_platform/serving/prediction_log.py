@@ -14,6 +14,8 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
+from ml_platform.core.json_lines import iso_time
+
 
 class PredictionLog:
     """Appends prediction records under `<root>/<pipeline>/<YYYY-MM-DD>/<host>-<pid>.jsonl`."""
@@ -65,4 +67,5 @@ def read_prediction_log(root: Path, pipeline: str, since: str | None = None) -> 
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    """A prediction record's time: milliseconds, since many share a second."""
+    return iso_time(timespec="milliseconds")

@@ -6,8 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ml_platform.serving.app import RELOAD_SECONDS_ENV
-from ml_platform.serving.metrics import MULTIPROC_ENV
+from ml_platform.settings import PROMETHEUS_MULTIPROC_ENV, SERVE_RELOAD_SECONDS_ENV
 
 
 def default_workers() -> int:
@@ -33,8 +32,8 @@ def serve(
     os.environ.update(
         {
             "ML_PLATFORM_ROOT": str(Path(root).resolve()),
-            MULTIPROC_ENV: str(metrics_dir),
-            RELOAD_SECONDS_ENV: str(reload_seconds),
+            PROMETHEUS_MULTIPROC_ENV: str(metrics_dir),
+            SERVE_RELOAD_SECONDS_ENV: str(reload_seconds),
             # Set before the workers start so OpenMP/BLAS never size their pools to all cores.
             "OMP_NUM_THREADS": "1",
             "OPENBLAS_NUM_THREADS": "1",

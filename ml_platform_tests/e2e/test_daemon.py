@@ -24,7 +24,7 @@ import pytest
 import yaml
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
-from ml_platform.automation.alerts import alerts_path, read_alerts
+from ml_platform.automation.alerts import alerts_path
 from ml_platform.automation.jobs import ingest_job_name, training_job_name
 from ml_platform.automation.sensors import (
     DRIFT_REPORT_TAG,
@@ -34,7 +34,8 @@ from ml_platform.automation.sensors import (
     drift_sensor_name,
     landing_sensor_name,
 )
-from ml_platform.core.storage import md5_file
+from ml_platform.core.json_lines import read_json_lines
+from ml_platform.core.storage import atomic_write, md5_file
 from ml_platform.specs import SPEC_DIR, PipelineSpec, load_spec
 from ml_platform_tests.conftest import (
     REPO_ROOT,
@@ -208,13 +209,6 @@ def run_partitions(run: dg.DagsterRun) -> list[str]:
 
 def _day(spec: PipelineSpec, offset: int) -> str:
     return (spec.landing.start_date + timedelta(days=offset)).isoformat()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """What the generator does: a dot-named temp file, then a rename."""
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _train_by_hand(root: Path, spec_dir: Path, spec: PipelineSpec) -> None:
@@ -400,7 +394,7 @@ def test_duplicate_drop_of_the_same_content_starts_no_run(stack: Stack):
     path = max(stack.landing.glob("????-??-??.csv"))
     before = len(stack.ingest_runs())
     dropped = time.time()
-    _write_atomically(path, path.read_bytes())  # same bytes, new inode and mtime
+    atomic_write(path, path.read_bytes())  # same bytes, new inode and mtime
     stack.wait_ticks(landing_sensor_name(stack.spec), after=dropped, count=3)
     assert len(stack.ingest_runs()) == before
 
@@ -412,7 +406,7 @@ def test_corrupt_file_fails_once_with_one_alert_and_the_champion_unchanged(stack
     latest = date.fromisoformat(max(stack.landing.glob("????-??-??.csv")).stem)
     day = (latest + timedelta(days=1)).isoformat()
     body = "".join(f"{day},S{i:04d},P01,{i},2.50,0\n" for i in range(1, STORES + 1))
-    _write_atomically(
+    atomic_write(
         stack.landing / f"{day}.csv",
         b"date,store_id,product_id,units,price,promo\n" + body.encode(),
     )
@@ -421,7 +415,7 @@ def test_corrupt_file_fails_once_with_one_alert_and_the_champion_unchanged(stack
     run_id = runs[0].run_id
 
     def alert_lines():
-        return [a for a in read_alerts(alerts_path(stack.root)) if a["run_id"] == run_id]
+        return [a for a in read_json_lines(alerts_path(stack.root)) if a["run_id"] == run_id]
 
     (alert,) = wait_for(alert_lines, 120, f"an alert line for run {run_id}")
     assert alert["pipeline"] == spec.name
@@ -437,12 +431,43 @@ def test_corrupt_file_fails_once_with_one_alert_and_the_champion_unchanged(stack
     assert stack.champion_version() == champion
 
 
-def _latest_tick_started(stack: Stack, name: str, after: float) -> bool:
+MID_TICK_KILLS = 2  # kills that must land while a landing tick is in flight
+MAX_KILL_ATTEMPTS = 8  # a tick can end between seeing it in flight and the kill: then try again
+
+
+def _ticks_after(stack: Stack, name: str, after: float) -> list:
     state = stack.sensor_state(name)
-    ticks = stack.instance.get_ticks(
-        state.instigator_origin_id, state.selector_id, after=float(after)
-    )
-    return any(t.status == TickStatus.STARTED for t in ticks)
+    if state is None:
+        return []
+    return stack.instance.get_ticks(state.instigator_origin_id, state.selector_id, after=after)
+
+
+def _sigkill_during_a_tick(stack: Stack, sensor: str, after: float) -> str:
+    """SIGKILL the daemon as soon as a tick that began after `after` is in flight; say where the
+    kill landed.
+
+    "mid-tick" is proven, not assumed: the tick is still STARTED once the daemon is dead, so
+    nothing finished it (the next daemon resumes it or marks it skipped). If the tick ended before
+    the signal arrived, or ended before it was ever seen in flight, the kill still happens and the
+    outcome says so.
+    """
+
+    def in_flight_or_finished():
+        ticks = _ticks_after(stack, sensor, after)
+        started = [t.tick_id for t in ticks if t.status == TickStatus.STARTED]
+        if started:
+            return started[0]
+        return -1 if ticks else None
+
+    tick_id = wait_for(in_flight_or_finished, 120, "a landing tick after the drop", poll=0.01)
+    stack.daemon.sigkill()  # waits until the process is gone
+    if tick_id == -1:
+        return "after the tick ended (never seen in flight)"
+    (tick,) = [t for t in _ticks_after(stack, sensor, after) if t.tick_id == tick_id]
+    if tick.status != TickStatus.STARTED:
+        return f"after the tick ended ({tick.status.value})"
+    pending = len(tick.unsubmitted_run_ids_with_requests)
+    return f"mid-tick ({pending} run request(s) stored but not launched)"
 
 
 def test_sigkill_during_ticks_loses_no_file_and_processes_none_twice(stack: Stack):
@@ -451,37 +476,28 @@ def test_sigkill_during_ticks_loses_no_file_and_processes_none_twice(stack: Stac
     sensor = landing_sensor_name(spec)
     before = {r.run_id for r in stack.ingest_runs()}
     dropped: list[Path] = []
-    hits = []
-    for batch in (3, 2):
+    outcomes: list[str] = []
+    while sum(o.startswith("mid-tick") for o in outcomes) < MID_TICK_KILLS:
+        assert len(outcomes) < MAX_KILL_ATTEMPTS, f"too few kills landed mid-tick: {outcomes}"
         start = time.time()
+        batch = 3 if not outcomes else 2
         dropped += generate(stack.root, spec, stores=STORES, days=batch, seed=SEED)
-        # Kill as soon as a tick after the drop is seen in flight (STARTED), else at its end.
-        hit = wait_for(
-            lambda s=start: (
-                ("started" if _latest_tick_started(stack, sensor, s) else None)
-                or ("finished" if stack.finished_ticks(sensor, s) else None)
-            ),
-            120,
-            "a landing tick after the drop",
-            poll=0.01,
-        )
-        daemon.sigkill()
-        hits.append(hit)
+        outcomes.append(_sigkill_during_a_tick(stack, sensor, start))
         dropped += generate(stack.root, spec, stores=STORES, days=1, seed=SEED)  # lands while down
         daemon.start()
 
-    print(f"SIGKILL landed while the landing tick was: {hits}")
+    print(f"SIGKILL landed: {outcomes}")
     days = [p.stem for p in dropped]
     wait_for(
-        lambda: all(stack.runs_covering(d) for d in days), 180, f"runs covering {days} ({hits})"
+        lambda: all(stack.runs_covering(d) for d in days), 180, f"runs covering {days} ({outcomes})"
     )
     new_runs = [r for r in stack.ingest_runs() if r.run_id not in before]
     for run in new_runs:
         stack.wait_finished(run.run_id)
     for day in days:
         covering = [r.run_id for r in new_runs if day in run_partitions(r)]
-        assert len(covering) == 1, (day, covering, hits)
+        assert len(covering) == 1, (day, covering, outcomes)
     for path in dropped:
-        assert stack.raw_md5(path.stem) == md5_file(path), f"{path.name} lost ({hits})"
+        assert stack.raw_md5(path.stem) == md5_file(path), f"{path.name} lost ({outcomes})"
     stack.wait_ticks(sensor, after=time.time(), count=2)
     assert {r.run_id for r in stack.ingest_runs()} - before == {r.run_id for r in new_runs}

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ml_platform.automation.alerts import alerts_path, read_alerts
+from ml_platform.automation.alerts import alerts_path
+from ml_platform.core.json_lines import read_json_lines
 from ml_platform.serving.canary_release import CanaryCursor, analyse, release_canary
 from ml_platform.serving.loader import CANARY, CANARY_WEIGHT_TAG, CHAMPION
 
@@ -48,7 +49,7 @@ def test_unreadable_metrics_hold_then_roll_back_without_touching_the_champion(
     assert "not enough canary traffic" in summary
     model = client.get_registered_model(spec.name)
     assert model.aliases == {CHAMPION: 1} and model.tags[CANARY_WEIGHT_TAG] == "0"
-    assert any("canary v2" in a["reason"] for a in read_alerts(alerts_path(root)))
+    assert any("canary v2" in a["reason"] for a in read_json_lines(alerts_path(root)))
 
 
 def test_no_canary_in_flight_is_a_quiet_tick(registry) -> None:

@@ -88,7 +88,7 @@ def trained(project: Path) -> Path:
         generate(project, load_spec(spec_dir / "sales_forecast.yaml", project), days=110)
         for name in ("customer_churn", "customer_minutes"):
             spec = load_spec(spec_dir / f"{name}.yaml", project)
-            config = datagen_churn.ChurnConfig(customers=60, days=110, seed=3)
+            config = datagen_churn.ChurnConfig(customers=200, days=110, seed=3)
             datagen_churn.write_landing_files(config, project / spec.landing.directory)
         assert run_demo(project, ["sales_forecast", "customer_churn", "customer_minutes"]) == 0
     return project

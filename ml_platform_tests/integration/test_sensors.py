@@ -22,7 +22,7 @@ import pytest
 import yaml
 from dagster._core.test_utils import create_run_for_test
 
-from ml_platform.automation.alerts import alerts_path, read_alerts
+from ml_platform.automation.alerts import alerts_path
 from ml_platform.automation.jobs import ingest_job_name, training_job_name
 from ml_platform.automation.schedules import retrain_schedule_name
 from ml_platform.automation.sensors import (
@@ -38,6 +38,7 @@ from ml_platform.automation.sensors import (
     drift_sensor_name,
     landing_sensor_name,
 )
+from ml_platform.core.json_lines import read_json_lines
 from ml_platform.core.storage import md5_file
 from ml_platform.instance import ensure_dagster_home
 from ml_platform.resources.platform import PlatformPaths
@@ -162,7 +163,7 @@ def test_bad_names_are_skipped_with_one_alert_each_and_never_crash_the_tick(env,
     (folder / "20240102.csv").write_text(HEADER)
     before_start = folder / f"{spec.landing.start_date - timedelta(days=1)}.csv"
     before_start.write_text(HEADER)
-    (folder / f".{good.stem}.abc.part").write_text("half written")  # generator temp file
+    (folder / f".{good.name}.abc.tmp").write_text("half written")  # generator temp file
     (folder / "archive").mkdir()
     landing, _ = sensors(spec)
 
@@ -170,16 +171,16 @@ def test_bad_names_are_skipped_with_one_alert_each_and_never_crash_the_tick(env,
     second = tick(landing, instance, env, first.cursor)
 
     assert [partitions(r) for r in first.run_requests] == [[good.stem]]
-    alerts = read_alerts(alerts_path(env))
+    alerts = read_json_lines(alerts_path(env))
     assert sorted(a["reason"].split("'")[1] for a in alerts) == sorted(
         ["notes.txt", "2024-13-45.csv", "20240102.csv", before_start.name]
     )
     assert all(a["pipeline"] == spec.name and a["run_id"] is None for a in alerts)
     assert "before the pipeline's start_date" in " ".join(a["reason"] for a in alerts)
-    assert second.run_requests == [] and len(read_alerts(alerts_path(env))) == 4
+    assert second.run_requests == [] and len(read_json_lines(alerts_path(env))) == 4
     (folder / "notes.txt").write_text("changed")  # a new version of a bad file alerts again
     tick(landing, instance, env, second.cursor)
-    assert len(read_alerts(alerts_path(env))) == 5
+    assert len(read_json_lines(alerts_path(env))) == 5
 
 
 def test_runs_per_tick_are_bounded_and_the_rest_waits_for_the_next_tick(env, instance, spec):
@@ -201,7 +202,7 @@ def test_a_day_whose_partition_is_not_open_yet_waits_without_alert(env, instance
     result = tick(landing, instance, env)
     assert result.run_requests == []
     assert path.name not in LandingCursor.parse(result.cursor).processed  # picked up later
-    assert read_alerts(alerts_path(env)) == []
+    assert read_json_lines(alerts_path(env)) == []
 
 
 def test_files_that_raw_already_holds_with_that_md5_are_not_ingested_again(env, instance, spec):
@@ -351,7 +352,7 @@ def test_a_failed_run_is_one_alert_line_and_one_post_even_if_redelivered(
     # the daemon died before saving the cursor: the same failure is delivered again
     sensor.evaluate_tick(dg.build_sensor_context(cursor=start.cursor, **context))
 
-    (alert,) = read_alerts(alerts_path(env))
+    (alert,) = read_json_lines(alerts_path(env))
     assert alert["run_id"] == result.run_id
     assert alert["asset"] == f"{spec.name}/validated"
     assert alert["reason"].startswith(f"{spec.name}__validated: data contract broken")
@@ -375,7 +376,7 @@ def test_an_unreachable_webhook_is_logged_and_the_alert_still_written(
         dg.build_sensor_context(instance=instance, definitions=defs, cursor=start.cursor)
     )
 
-    (alert,) = read_alerts(alerts_path(env))
+    (alert,) = read_json_lines(alerts_path(env))
     assert alert["asset"] == f"{spec.name}/raw" and "empty" in alert["reason"]
     assert "alert webhook ML_PLATFORM_ALERT_WEBHOOK failed" in capfd.readouterr().err
 

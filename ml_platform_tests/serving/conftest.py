@@ -1,7 +1,12 @@
-"""A trained platform with 120 entities and a real `ml-platform serve` (two uvicorn workers)."""
+"""A trained platform with 120 entities and a real `ml-platform serve` (two uvicorn workers).
+
+The session's `serving_root` and `server` are shared by tests that leave the registry as it is; a
+test file that moves aliases builds its own with `trained_serving_root` and `running_server`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -18,15 +23,20 @@ from ml_platform_tests.conftest import activated, generate, make_platform_root, 
 STORES, PRODUCTS = 40, 3  # 120 entities: enough for a 5 % canary share to hold a few of them
 
 
-@pytest.fixture(scope="session")
-def serving_root(tmp_path_factory: pytest.TempPathFactory, spec) -> Path:
+def trained_serving_root(path: Path, spec) -> Path:
+    """A project root at `path` taken through the demo: data, features, a champion."""
     from ml_platform.demo import run_demo
 
-    root = make_platform_root(tmp_path_factory.mktemp("serving") / "project")
+    root = make_platform_root(path)
     with activated(root):
         generate(root, spec, stores=STORES, products=PRODUCTS, days=300, seed=5)
         assert run_demo(root, spec.name) == 0
     return root
+
+
+@pytest.fixture(scope="session")
+def serving_root(tmp_path_factory: pytest.TempPathFactory, spec) -> Path:
+    return trained_serving_root(tmp_path_factory.mktemp("serving") / "project", spec)
 
 
 def free_port() -> int:
@@ -37,6 +47,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def server(serving_root: Path) -> Iterator[str]:
+    with running_server(serving_root) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_server(serving_root: Path) -> Iterator[str]:
     """The CLI a user runs, in its own process group; stopped (all workers) at the end."""
     port = free_port()
     env = {**os.environ, "ML_PLATFORM_ROOT": str(serving_root)}

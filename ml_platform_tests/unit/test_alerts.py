@@ -17,13 +17,12 @@ from ml_platform.automation.alerts import (
     alerts_path,
     append_alert,
     error_text,
-    iso_time,
     pipeline_of,
     post_webhook,
-    read_alerts,
     run_failure_alert,
     skipped_file_alert,
 )
+from ml_platform.core.json_lines import iso_time, read_json_lines
 
 CONTRACT = "2024-05-08: missing required columns ['units_sold'] (found ['date', 'units'])"
 FIELDS = ["time", "pipeline", "asset", "run_id", "job", "reason"]
@@ -128,7 +127,7 @@ def test_append_writes_one_line_per_run_and_dedupes_on_run_id(tmp_path: Path):
     assert not append_alert(sink, _alert("a", reason="delivered again after a crash"))
     assert append_alert(sink, _alert(None))  # no run: never deduped
     assert append_alert(sink, _alert(None))
-    lines = read_alerts(sink)
+    lines = read_json_lines(sink)
     assert [line["run_id"] for line in lines] == ["a", "b", None, None]
     assert sink.read_bytes().endswith(b"\n")
 
@@ -152,7 +151,7 @@ def test_concurrent_appenders_never_interleave_or_duplicate(tmp_path: Path):
     sink = alerts_path(tmp_path)
     with get_context("fork").Pool(4) as pool:
         pool.map(_append_many, [(str(sink), w) for w in range(4)] * 2)  # each worker twice
-    lines = read_alerts(sink)  # every line parses: no interleaving
+    lines = read_json_lines(sink)  # every line parses: no interleaving
     assert sorted(line["run_id"] for line in lines) == sorted(
         f"w{w}-{i}" for w in range(4) for i in range(50)
     )

@@ -97,7 +97,7 @@ def test_append_continues_after_latest_file_and_never_overwrites(tmp_path: Path)
     assert calls == [(1, 3), (2, 3), (3, 3)]
     assert {p: p.read_bytes() for p in existing} == before
     assert [p.read_bytes() for p in appended] == [p.read_bytes() for p in full[4:]]
-    assert [p.name for p in directory.glob("*.part")] == [".2030-01-01.csv.part"]  # no leftovers
+    assert [p.name for p in directory.glob(".*")] == [".2030-01-01.csv.part"]  # no temp leftovers
 
 
 def test_append_into_an_empty_directory_starts_at_config_start(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from ml_platform.core.drift import (
     ColumnDrift,
     DriftInputError,
     DriftThresholds,
-    benjamini_hochberg,
+    _js_distance,
     compute_drift,
     concept_drift,
     infer_column_kinds,
@@ -278,11 +278,57 @@ def test_infer_column_kinds():
 # --- p-values, concept drift, rendering ---------------------------------------------------------
 
 
+def _benjamini_hochberg_by_hand(p_values: list[float]) -> np.ndarray:
+    """The step-up formula drift.py used before scipy's false_discovery_control replaced it."""
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p)
+    scaled = p[order] * p.size / np.arange(1, p.size + 1)
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return adjusted
+
+
+def _js_distance_by_hand(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
+    """The base-2 formula drift.py used before scipy's jensenshannon replaced it."""
+    p, q = ref_counts / ref_counts.sum(), cur_counts / cur_counts.sum()
+    m = (p + q) / 2
+
+    def xlog2(a: np.ndarray) -> np.ndarray:
+        return a * np.log2(np.divide(a, m, out=np.ones_like(a), where=a > 0))
+
+    return float(np.sqrt(max(0.5 * np.sum(xlog2(p)) + 0.5 * np.sum(xlog2(q)), 0.0)))
+
+
 def test_benjamini_hochberg_on_a_hand_worked_example():
     # sorted 0.01, 0.03, 0.04, 0.20 -> x4/1, x4/2, x4/3, x4/4 = .04, .06, .0533, .2 -> step-up min
-    adjusted = benjamini_hochberg([0.01, 0.04, 0.03, 0.20])
+    adjusted = stats.false_discovery_control([0.01, 0.04, 0.03, 0.20], method="bh")
     np.testing.assert_allclose(adjusted, [0.04, 0.16 / 3, 0.16 / 3, 0.20])
-    assert benjamini_hochberg([0.9, 0.8]).max() <= 1.0
+    assert stats.false_discovery_control([0.9, 0.8], method="bh").max() <= 1.0
+
+
+def test_scipy_benjamini_hochberg_matches_the_hand_formula(rng):
+    for size in (1, 2, 5, 40):
+        p_values = rng.random(size) ** 3
+        p_values[: size // 2] = p_values[0]  # ties
+        np.testing.assert_allclose(
+            stats.false_discovery_control(p_values, method="bh"),
+            _benjamini_hochberg_by_hand(p_values),
+            rtol=1e-12,
+        )
+
+
+def test_js_distance_matches_the_hand_formula(rng):
+    for size in (2, 3, 10, 30):
+        ref = rng.integers(0, 1_000, size)
+        ref[0] += 1
+        for cur in (ref, ref * 3, ref + (rng.random(size) < 0.2), rng.integers(0, 1_000, size)):
+            cur = cur.copy()
+            cur[-1] += 1
+            assert _js_distance(ref, cur) == pytest.approx(_js_distance_by_hand(ref, cur), abs=1e-9)
+    assert _js_distance(np.array([1, 0]), np.array([0, 1])) == pytest.approx(1.0)
+    # near-equal shares: the divergence may round below zero, which is a distance of 0, not NaN
+    ref, cur = np.array([261_986, 9_834_939, 145_426]), np.array([785_958, 29_504_820, 436_278])
+    assert _js_distance(ref, cur) == 0.0
 
 
 def test_report_adjusts_p_values_across_columns(rng):
@@ -291,7 +337,7 @@ def test_report_adjusts_p_values_across_columns(rng):
     report = compute_drift(reference, current)
     raw = [c.p_value for c in report.columns]
     np.testing.assert_allclose(
-        [c.p_value_adjusted for c in report.columns], benjamini_hochberg(raw)
+        [c.p_value_adjusted for c in report.columns], _benjamini_hochberg_by_hand(raw)
     )
 
 

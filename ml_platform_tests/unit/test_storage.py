@@ -72,3 +72,16 @@ def test_release_freed_memory_leaves_live_frames_intact(tmp_path):
     release_freed_memory()
     release_freed_memory()
     pd.testing.assert_frame_equal(frame, before)
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_atomic_write_replaces_or_refuses_and_leaves_no_temp_file(tmp_path, fsync):
+    path = tmp_path / "sub" / "2025-01-01.csv"
+    atomic_write(path, b"first", fsync=fsync)
+    atomic_write(path, b"second", fsync=fsync)
+    assert path.read_bytes() == b"second"
+    with pytest.raises(FileExistsError):
+        atomic_write(path, b"third", overwrite=False, fsync=fsync)
+    assert path.read_bytes() == b"second"
+    atomic_write(tmp_path / "sub" / "new.csv", b"new", overwrite=False, fsync=fsync)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["2025-01-01.csv", "new.csv"]

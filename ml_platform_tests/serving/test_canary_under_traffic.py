@@ -2,8 +2,9 @@
 
 A bad challenger (trained on shuffled targets) is rolled back within the configured number of
 analyses; a good one (the same recipe retrained) is promoted through every step. Traffic runs the
-whole time and no request may fail. Runs after `test_serving.py` (file order), since promotion
-moves the champion.
+whole time and no request may fail. The releases move the champion, so this file trains its own
+platform and starts its own server: it never changes what other serving tests see, whatever order
+or worker they run in.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml_platform.automation.alerts import alerts_path, read_alerts
+from ml_platform.automation.alerts import alerts_path
 from ml_platform.automation.canary_sensor import build_canary_sensor
 from ml_platform.core import training
+from ml_platform.core.json_lines import read_json_lines
 from ml_platform.lineage import history
 from ml_platform.serving.canary_release import release_canary
 from ml_platform.serving.loader import CANARY, CANARY_WEIGHT_TAG, CHAMPION, PREVIOUS
 from ml_platform_tests.conftest import activated, registry_for
-from ml_platform_tests.serving.conftest import all_entities
+from ml_platform_tests.serving.conftest import all_entities, running_server, trained_serving_root
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 ANALYSIS_SECONDS = 1.5
@@ -132,6 +134,18 @@ def run_release(root: Path, server: str, spec, version: str, max_analyses: int):
     return summaries, weights, traffic
 
 
+@pytest.fixture(scope="module")
+def canary_root(tmp_path_factory: pytest.TempPathFactory, spec) -> Path:
+    """A platform of this file's own: the session's `serving_root` must keep its champion."""
+    return trained_serving_root(tmp_path_factory.mktemp("canary") / "project", spec)
+
+
+@pytest.fixture(scope="module")
+def canary_server(canary_root: Path) -> Iterator[str]:
+    with running_server(canary_root) as url:
+        yield url
+
+
 @pytest.fixture
 def canary_spec(spec):
     """The packaged spec with limits sized for a test's few seconds of traffic."""
@@ -154,12 +168,12 @@ def release_new_version(root: Path, server: str, spec, shuffled: bool, max_analy
 
 
 def test_bad_canary_is_rolled_back_and_the_champion_never_changes(
-    serving_root: Path, server: str, canary_spec, monkeypatch
+    canary_root: Path, canary_server: str, canary_spec, monkeypatch
 ) -> None:
-    monkeypatch.setenv("ML_PLATFORM_SERVING_URL", server)
+    monkeypatch.setenv("ML_PLATFORM_SERVING_URL", canary_server)
     threshold = canary_spec.deployment.canary.failure_threshold
     champion, bad, aliases, summaries, weights, traffic = release_new_version(
-        serving_root, server, canary_spec, shuffled=True, max_analyses=threshold + 6
+        canary_root, canary_server, canary_spec, shuffled=True, max_analyses=threshold + 6
     )
     assert aliases[CHAMPION] == champion and CANARY not in aliases, summaries
     assert "rolled back" in summaries[-1] and "prediction_psi" in summaries[-1], summaries
@@ -167,19 +181,19 @@ def test_bad_canary_is_rolled_back_and_the_champion_never_changes(
     assert weights[-1] == "0"
     assert set(traffic.statuses) == {200}, traffic.statuses
     assert traffic.variants["canary"] > 0, "the canary never served: routing is broken"
-    alerts = read_alerts(alerts_path(serving_root))
+    alerts = read_json_lines(alerts_path(canary_root))
     assert any(f"canary v{bad}" in a["reason"] for a in alerts)
-    events = [e for e in history(serving_root, canary_spec) if e["to_version"] in (bad, "none")]
+    events = [e for e in history(canary_root, canary_spec) if e["to_version"] in (bad, "none")]
     assert events and events[-1]["alias"] == CANARY and events[-1]["to_version"] == "none"
 
 
 def test_good_canary_is_promoted_through_every_step(
-    serving_root: Path, server: str, canary_spec, monkeypatch
+    canary_root: Path, canary_server: str, canary_spec, monkeypatch
 ) -> None:
-    monkeypatch.setenv("ML_PLATFORM_SERVING_URL", server)
+    monkeypatch.setenv("ML_PLATFORM_SERVING_URL", canary_server)
     steps = canary_spec.deployment.canary.step_weights
     champion, good, aliases, summaries, weights, traffic = release_new_version(
-        serving_root, server, canary_spec, shuffled=False, max_analyses=len(steps) + 8
+        canary_root, canary_server, canary_spec, shuffled=False, max_analyses=len(steps) + 8
     )
     assert aliases[CHAMPION] == good and aliases[PREVIOUS] == champion, summaries
     assert CANARY not in aliases
@@ -187,5 +201,5 @@ def test_good_canary_is_promoted_through_every_step(
     ramp = [int(float(w)) for w in weights[:-1] if w is not None]
     assert [w for w in steps[1:] if w in ramp] == steps[1:], (weights, summaries)
     assert set(traffic.statuses) == {200}, traffic.statuses
-    audit = [e for e in history(serving_root, canary_spec) if e["to_version"] == good]
+    audit = [e for e in history(canary_root, canary_spec) if e["to_version"] == good]
     assert audit[-1]["alias"] == CHAMPION and audit[-1]["from_version"] == champion
