@@ -24,7 +24,11 @@ from ml_platform.assets.modeling import tracking_key
 from ml_platform.automation.canary_sensor import build_canary_sensor
 from ml_platform.automation.jobs import build_jobs
 from ml_platform.automation.ledger import build_dvc_recorder
-from ml_platform.automation.sensors import build_automation, build_failure_sensor
+from ml_platform.automation.sensors import (
+    FAILURE_SENSOR_NAME,
+    build_automation,
+    build_failure_sensor,
+)
 from ml_platform.instance import tune_embedded_sqlite
 from ml_platform.resources.io_manager import ParquetIOManager
 from ml_platform.resources.online_store import OnlineStore
@@ -42,8 +46,10 @@ def build_definitions(
     root: Path | None = None,
     spec_dir: Path | None = None,
     specs: list[PipelineSpec] | None = None,
+    location: str | None = None,
 ) -> dg.Definitions:
-    """Definitions for `specs`, or for every valid spec in `spec_dir` (broken ones are logged)."""
+    """Definitions for `specs`, or for every valid spec in `spec_dir` (broken ones are logged);
+    `location` names the code location's own sensors (None: the all-pipelines location)."""
     root = (root or default_root()).resolve()
     tune_embedded_sqlite()
     if specs is None:
@@ -74,9 +80,12 @@ def build_definitions(
             }
         )
     pipeline_of_job = {job.name: spec.name for spec in specs for job in build_jobs(spec)}
-    sensors.append(build_dvc_recorder(pipeline_of_job))
+    # Location-wide sensors carry the location's name: the pipeline's, in its own location.
+    prefix = f"{location}_" if location else ""
+    sensors.append(build_dvc_recorder(pipeline_of_job, name=f"{prefix}dvc_recorder"))
     fastest = min((s.automation.landing_sensor_interval_seconds for s in specs), default=30)
-    sensors.append(build_failure_sensor(minimum_interval_seconds=fastest))
+    failure = f"{location}_run_failure_alerts" if location else FAILURE_SENSOR_NAME
+    sensors.append(build_failure_sensor(minimum_interval_seconds=fastest, name=failure))
     return dg.Definitions(
         assets=assets,
         jobs=jobs,

@@ -33,7 +33,7 @@ def __getattr__(name: str) -> dg.Definitions:
         spec = load_spec(path, root)
     except SpecError as exc:  # shown as the location's load error in the UI
         raise dg.DagsterInvariantViolationError(str(exc)) from None
-    defs = build_definitions(root, specs=[spec])
+    defs = build_definitions(root, specs=[spec], location=name)
     globals()[name] = defs
     freeze_loaded_heap()
     return defs

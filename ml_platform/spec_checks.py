@@ -74,11 +74,7 @@ def _check_target(spec: PipelineSpec) -> None:
     if rule.nullable:
         raise ValueError(f"target: {spec.target!r} must not be nullable (a row needs its label)")
     if spec.is_classifier:
-        if rule.dtype != "int" or sorted(rule.isin or []) != [0, 1]:
-            raise ValueError(
-                f"target: a classification target must be declared as "
-                f"`{spec.target}: {{dtype: int, isin: [0, 1]}}` (1 = the class to predict)"
-            )
+        _check_classes(spec, rule)
     elif rule.dtype not in NUMERIC:
         raise ValueError(
             f"target: a regression target must be int or float, {spec.target!r} is "
@@ -92,6 +88,23 @@ def _check_target(spec: PipelineSpec) -> None:
             f"{spec.promotion.baseline_seasonal_period_days} must be one of features.lags "
             f"{spec.features.lags}: the seasonal-naive baseline is that lag"
         )
+
+
+def _check_classes(spec: PipelineSpec, rule) -> None:
+    """A binary target: 0/1 ints, or exactly two declared values and which one is positive."""
+    values = list(rule.isin or [])
+    positive = spec.model.positive_class
+    zero_one = rule.dtype == "int" and sorted(values) == [0, 1]
+    if zero_one and positive in (None, 1):
+        return
+    if len(values) == 2 and rule.dtype in ("str", "int") and positive in values:
+        return
+    raise ValueError(
+        f"target: a classification target is either `{spec.target}: {{dtype: int, isin: [0, 1]}}` "
+        f"(1 = the class to predict), or two declared values plus which is positive, e.g. "
+        f"`{spec.target}: {{dtype: str, isin: [no, yes]}}` with `model.positive_class: yes`"
+        f" (got dtype {rule.dtype}, isin {values or None}, positive_class {positive!r})"
+    )
 
 
 def _check_feature_roles(spec: PipelineSpec) -> None:

@@ -172,6 +172,11 @@ class ModelSpec(_Strict):
     decision_threshold: float = Field(
         0.5, gt=0, lt=1, description="Classification: probability at or above which the class is 1."
     )
+    positive_class: str | int | None = Field(
+        None,
+        description="Classification: the target value that counts as 1 when the target is not "
+        "already 0/1 (e.g. `yes` for a yes/no column declared with `isin: [no, yes]`).",
+    )
 
     @field_validator("estimator")
     @classmethod

@@ -13,6 +13,7 @@ import dagster as dg
 import pandas as pd
 
 from ml_platform.assets.ingest import asset_key
+from ml_platform.core.features import encode_target
 from ml_platform.core.storage import read_frame
 from ml_platform.resources.io_manager import ParquetIOManager
 from ml_platform.serving.canary_release import CanaryCursor, analyse, scrape
@@ -31,7 +32,7 @@ def validated_labels(root: Path, spec: PipelineSpec):
         frames = [read_frame(p) for p in paths if p.exists()]
         if not frames:
             return pd.DataFrame()
-        labels = pd.concat(frames, ignore_index=True)
+        labels = encode_target(pd.concat(frames, ignore_index=True), spec)
         return labels[[*spec.entity_keys, spec.timestamp, spec.target]].rename(
             columns={spec.timestamp: "date"}
         )

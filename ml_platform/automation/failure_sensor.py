@@ -84,15 +84,20 @@ def alert_for_failed_run(context: dg.RunFailureSensorContext) -> Alert:
     )
 
 
-def build_failure_sensor(minimum_interval_seconds: int = 30) -> dg.SensorDefinition:
+def build_failure_sensor(
+    minimum_interval_seconds: int = 30, name: str = FAILURE_SENSOR_NAME
+) -> dg.SensorDefinition:
     """One sensor for the code location: every failed run becomes exactly one alert line.
+
+    It watches every run of its location, including the UI's ad-hoc asset runs; in a
+    per-pipeline location it is named after the pipeline.
 
     The project root is resolved when the sensor runs, never at import, so one code location
     serves whichever root `ML_PLATFORM_ROOT` (or the working directory) names.
     """
 
     @dg.run_failure_sensor(
-        name=FAILURE_SENSOR_NAME,
+        name=name,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(

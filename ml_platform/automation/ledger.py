@@ -8,12 +8,14 @@ from ml_platform.resources.dvc import DvcError, DvcLedger
 from ml_platform.resources.platform import default_root
 
 
-def build_dvc_recorder(pipeline_of_job: dict[str, str]) -> dg.SensorDefinition:
+def build_dvc_recorder(
+    pipeline_of_job: dict[str, str], name: str = "dvc_recorder"
+) -> dg.SensorDefinition:
     """After a successful run of one of these jobs, record that job's pipeline in DVC."""
 
     @dg.run_status_sensor(
         run_status=dg.DagsterRunStatus.SUCCESS,
-        name="dvc_recorder",
+        name=name,
         monitor_all_code_locations=False,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="After a successful ingest or training run: dvc commit + push.",

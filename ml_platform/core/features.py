@@ -27,6 +27,7 @@ def build_features(
     """
     days = pd.DatetimeIndex(sorted({pd.Timestamp(d) for d in feature_days}))
     keys, ts, target = spec.entity_keys, spec.timestamp, spec.target
+    history = encode_target(history, spec)
     as_is = [*spec.features.passthrough, *spec.features.categorical]
     if days.empty:
         return pd.DataFrame(columns=list(dict.fromkeys([*keys, ts, target, *spec.feature_columns])))
@@ -46,6 +47,17 @@ def build_features(
     out = out.join(calendar_features(out[ts], spec))
     out = out[list(dict.fromkeys([*keys, ts, target, *spec.feature_columns]))]
     return out.sort_values([ts, *keys], kind="stable").reset_index(drop=True)
+
+
+def encode_target(frame: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
+    """A classifier's target as 0/1 (`model.positive_class` is 1), the one encoding that
+    features, labels, drift and online accuracy share; other targets pass through untouched."""
+    positive = spec.model.positive_class
+    if not spec.is_classifier or positive in (None, 1) or spec.target not in frame.columns:
+        return frame
+    values = frame[spec.target]
+    encoded = (values.astype("object") == positive).astype("int64").where(values.notna())
+    return frame.assign(**{spec.target: encoded})
 
 
 def _daily_wide(history: pd.DataFrame, spec: PipelineSpec, start: pd.Timestamp) -> pd.DataFrame:

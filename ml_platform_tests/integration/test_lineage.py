@@ -12,9 +12,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from ml_platform.core.datagen_churn import ChurnConfig
+from ml_platform.core.datagen_churn import write_landing_files as write_churn_files
 from ml_platform.demo import run_demo
 from ml_platform.lineage import DvcError, format_history, history, reproduce, rollback
 from ml_platform.resources.dvc import DvcLedger
+from ml_platform.specs import SPEC_DIR, load_spec
 from ml_platform_tests.conftest import (
     REPO_ROOT,
     activated,
@@ -43,7 +46,10 @@ def dvc_project(tmp_path_factory: pytest.TempPathFactory, spec) -> Iterator[Path
         for folder in ("ml_platform/core", "ml_platform/pipelines"):  # stage deps, as in the repo
             shutil.copytree(REPO_ROOT / folder, root / folder, dirs_exist_ok=True)
         generate(root, spec, stores=4, days=100, seed=9)
-        assert run_demo(root, spec.name) == 0
+        churn = load_spec(SPEC_DIR / "customer_churn.yaml", root)
+        config = ChurnConfig(customers=200, days=100, seed=9)
+        write_churn_files(config, root / churn.landing.directory)
+        assert run_demo(root, [spec.name, churn.name]) == 0
         yield root
 
 
@@ -82,6 +88,18 @@ def test_dvc_records_the_same_hashes_dagster_reports(dvc_project, spec):
     remote.unlink()
     with pytest.raises(DvcError, match="neither the DVC cache"):
         reproduce(root, spec, champion.version)
+
+
+def test_a_classifier_reproduces_its_log_loss_from_dvc(dvc_project):
+    root = dvc_project
+    churn = load_spec(SPEC_DIR / "customer_churn.yaml", root)
+    stages = DvcLedger(root).stages_of([churn.name])
+    assert json.loads(sh(root, DVC, "status", "--json", *stages)) == {}
+    champion = registry_for(root).alias_version(churn.name, "champion")
+    assert champion is not None
+    result = reproduce(root, churn, champion.version)
+    assert result["identical"], result
+    assert result["holdout_log_loss_recorded"] == result["holdout_log_loss_reproduced"]
 
 
 def test_rollback_is_recorded_once_and_idempotent(dvc_project, spec):

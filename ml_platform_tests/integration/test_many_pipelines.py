@@ -122,6 +122,8 @@ def test_each_pipeline_is_its_own_code_location_and_a_broken_one_fails_alone(pro
     churn = locations.customer_churn
     keys = churn.resolve_asset_graph().get_all_asset_keys()
     assert {k.path[0] for k in keys} == {"customer_churn"}
+    names = [*(s.name for s in churn.sensors), *(s.name for s in churn.schedules)]
+    assert names and all(n.startswith("customer_churn_") for n in names), names
     with pytest.raises(AttributeError):
         _ = locations.no_such_pipeline
 

@@ -25,7 +25,7 @@ def churn_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = make_platform_root(tmp_path_factory.mktemp("churn_serving") / "project")
     spec = load_spec(SPEC_DIR / "customer_churn.yaml", root)
     with activated(root):
-        config = datagen_churn.ChurnConfig(customers=80, days=240, seed=4)
+        config = datagen_churn.ChurnConfig(customers=200, days=120, seed=3)
         datagen_churn.write_landing_files(config, root / spec.landing.directory)
         assert run_demo(root, "customer_churn") == 0
     return root

@@ -135,3 +135,30 @@ def test_realised_losses_score_stored_probabilities(model, features, spec):
     assert losses.mean() == pytest.approx(
         log_loss(labelled[training.LABEL], training.predict(model, labelled, spec), labels=[0, 1])
     )
+
+
+def test_a_yes_no_target_is_encoded_once_for_the_whole_recipe(spec):
+    """`isin: [no, yes]` + `positive_class: yes`: features, labels and losses all see 0/1."""
+    columns = dict(spec.contract.columns)
+    columns["churned"] = columns["churned"].model_copy(
+        update={"dtype": "str", "isin": ["no", "yes"]}
+    )
+    contract = spec.contract.model_copy(update={"columns": columns})
+    model_spec = spec.model.model_copy(update={"positive_class": "yes"})
+    yes_no = spec.model_copy(update={"contract": contract, "model": model_spec})
+    config = ChurnConfig(customers=150, days=90, start=spec.landing.start_date, seed=6)
+    days = [config.start + timedelta(days=i) for i in range(config.days)]
+    validated = []
+    for day in days:
+        frame = generate_day(config, day)
+        frame["churned"] = frame["churned"].map({0: "no", 1: "yes"})
+        raw = read_landing_csv(frame.to_csv(index=False).encode())
+        validated.append(validate_batch(raw, yes_no.contract, day).valid)
+    history = pd.concat(validated, ignore_index=True)
+    assert set(history["churned"]) == {"no", "yes"}  # validated keeps the file's values
+    features = build_features(history, yes_no, days)
+    assert set(features["churned"].unique()) == {0, 1}
+    assert features["churned"].sum() == (history["churned"] == "yes").sum()
+    model = training.fit(training.build_training_set(features, yes_no), yes_no)
+    evaluation = training.evaluate(model, training.build_training_set(features, yes_no), yes_no)
+    assert evaluation.loss < evaluation.loss_baseline

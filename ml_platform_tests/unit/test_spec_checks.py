@@ -214,3 +214,17 @@ def test_one_broken_spec_never_hides_the_others(folder):
     assert [s.name for s in specs] == ["customer_churn", "sales_forecast"]
     assert list(errors) == ["broken_team.yaml"]
     assert "did you mean 'units_sold'" in errors["broken_team.yaml"]
+
+
+def test_a_yes_no_target_needs_its_positive_class(folder):
+    def edit(raw):
+        raw["contract"]["columns"]["churned"] = {"dtype": "str", "isin": ["no", "yes"]}
+
+    message = _error(_write(folder, "customer_churn", edit), folder)
+    assert "model.positive_class: yes" in message
+
+    def fixed(raw):
+        edit(raw)
+        raw["model"]["positive_class"] = "yes"
+
+    assert load_spec(_write(folder, "customer_churn", fixed), folder).model.positive_class == "yes"
