@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import io
 from datetime import date
 
 import pandas as pd
 import pytest
 
 from ml_platform.core.contracts import (
+    MALFORMED_COLUMN,
     REASONS_COLUMN,
     ContractViolation,
     LandingFileError,
     read_landing_csv,
     validate_batch,
 )
+from ml_platform.core.storage import encode_frame
 
 DAY = date(2024, 1, 5)
 HEADER = "date,store_id,product_id,units_sold,price,promo\n"
@@ -124,3 +127,145 @@ def test_raw_reader_never_interprets_values():
     frame = read_landing_csv(b"a,b\nNA,007\n")
     assert frame.to_dict("records") == [{"a": "NA", "b": "007"}]
     assert all(pd.api.types.is_object_dtype(t) for t in frame.dtypes)
+
+
+# --- adversarial landing files --------------------------------------------------------------------
+
+
+def test_full_width_digits_do_not_match_an_ascii_pattern(spec):
+    result = validate(HEADER + rows(5) + "2024-01-05,S０００１,P01,3,2.50,0\n", lenient(spec))
+    assert len(result.valid) == 5
+    assert result.quarantine["store_id"].tolist() == ["S０００１"]
+    assert "store_id: str_matches('^S\\d{4}$')" in result.quarantine[REASONS_COLUMN].iloc[0]
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "rule"),
+    [
+        ("２０２４-01-05,S0100,P01,3,2.50,0\n", "date: parse_date"),
+        ("2024-01-05,S0100,P01,１２,2.50,0\n", "units_sold: parse_int"),
+        ("2024-01-05,S0100,P01,12,٢.50,0\n", "price: parse_float"),
+    ],
+)
+def test_non_ascii_digits_in_numbers_and_dates_are_quarantined(spec, bad_row, rule):
+    result = validate(HEADER + rows(5) + bad_row, lenient(spec))
+    assert len(result.valid) == 5 and len(result.quarantine) == 1
+    assert rule in result.quarantine[REASONS_COLUMN].iloc[0]
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "column", "value"),
+    [
+        ("2024-01-05,S0100,P01,8\x00999,2.50,0\n", "units_sold", "8\x00999"),
+        ('2024-01-05,S0100,P01,"8\x00",2.50,0\n', "units_sold", "8\x00"),
+        ("2024-01-05,S0100\x1f,P01,8,2.50,0\n", "store_id", "S0100\x1f"),  # str.strip eats \x1f
+        ("2024-01-05,S0100,P01\x1b[2J,8,2.50,0\n", "product_id", "P01\x1b[2J"),
+    ],
+)
+def test_control_characters_in_a_value_quarantine_the_row_and_are_kept_whole(
+    spec, bad_row, column, value
+):
+    data = (HEADER + rows(5) + bad_row).encode()
+    frame = read_landing_csv(data, "test.csv")
+    assert frame[column].iloc[-1] == value  # not cut at the NUL
+    stored = pd.read_parquet(io.BytesIO(encode_frame(frame).payload))  # what `raw` writes
+    assert stored[column].iloc[-1] == value
+    result = validate_batch(frame, lenient(spec), DAY)
+    assert len(result.valid) == 5
+    assert result.quarantine[column].tolist() == [value]
+    assert f"{column}: control_character (got {value!r})" in result.quarantine[REASONS_COLUMN][0]
+
+
+def test_two_extra_fields_on_the_first_row_quarantine_only_that_row(spec):
+    result = validate(HEADER + "2024-01-05,S0100,P01,3,2.50,0,x,y\n" + rows(20), spec.contract)
+    assert len(result.valid) == 20
+    assert result.quarantine[REASONS_COLUMN].tolist() == [
+        "_malformed_line: malformed_line (got 'expected 6 fields, saw 8: "
+        "2024-01-05,S0100,P01,3,2.50,0,x,y')"
+    ]
+
+
+def test_a_short_row_is_quarantined_as_malformed_not_as_missing_values(spec):
+    result = validate(HEADER + rows(20) + "2024-01-05,S0100\n", spec.contract)
+    assert len(result.valid) == 20
+    (reason,) = result.quarantine[REASONS_COLUMN]
+    assert "expected 6 fields, saw 2" in reason and "not_nullable" not in reason
+
+
+@pytest.mark.parametrize(
+    ("body", "saw"),
+    [
+        ("".join(r + ",\n" for r in rows(5).splitlines()), 7),  # trailing comma on every row
+        ("".join("x," + r + "\n" for r in rows(5).splitlines()), 7),  # leading field on every row
+        ("".join(r + ",a,b\n" for r in rows(5).splitlines()), 8),
+    ],
+)
+def test_every_row_with_the_wrong_field_count_fails_the_batch_saying_so(spec, body, saw):
+    frame = read_landing_csv((HEADER + body).encode())
+    assert frame.index.tolist() == list(range(5))  # pandas would make the surplus an index
+    with pytest.raises(ContractViolation, match=r"every row \(5\) has a different number") as exc:
+        validate_batch(frame, lenient(spec), DAY)
+    assert f"expected 6 fields, saw {saw}" in str(exc.value)
+
+
+def test_a_header_with_a_trailing_comma_names_the_empty_column():
+    frame = read_landing_csv(b"a,b,\n1,2,\n")
+    assert frame.to_dict("records") == [{"a": "1", "b": "2", "Unnamed: 2": ""}]
+
+
+@pytest.mark.parametrize(
+    ("header", "duplicate"),
+    [
+        ("date,store_id,product_id,units_sold, units_sold,price,promo\n", "'units_sold'"),
+        ("date,store_id,product_id,units_sold,price,promo,date\n", "'date'"),
+    ],
+)
+def test_duplicate_column_names_are_a_clear_error_naming_them(header, duplicate):
+    text = header + "2024-01-05,S0001,P01,3,4,2.50,0\n"
+    with pytest.raises(LandingFileError, match="duplicate column names") as exc:
+        read_landing_csv(text.encode(), "2024-01-05.csv")
+    assert duplicate in str(exc.value) and "2024-01-05.csv" in str(exc.value)
+
+
+def test_reserved_column_names_in_the_header_are_refused():
+    with pytest.raises(LandingFileError, match="reserved column names"):
+        read_landing_csv(f"a,{MALFORMED_COLUMN}\n1,2\n".encode())
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('a,b\n1,"2\n3,4\n', "quote that is never closed"),
+        ('a,b\n1,"2"x\n', "line 2"),
+        ("a,\x00b\n1,2\n", "control character"),
+    ],
+)
+def test_unreadable_csv_is_a_clear_error_not_silently_swallowed_rows(text, problem):
+    with pytest.raises(LandingFileError, match=problem):
+        read_landing_csv(text.encode())
+
+
+def test_a_million_duplicated_rows_are_rejected_quickly_with_the_same_reason(spec):
+    line = b"2024-01-05,S0001,P01,10,2.50,0\n"
+    frame = read_landing_csv(HEADER.encode() + line * 1_000_000, "2024-01-05.csv")
+    with pytest.raises(ContractViolation, match=r"quarantine fraction 100\.0%") as exc:
+        validate_batch(frame, spec.contract, DAY)
+    assert "date+store_id+product_id failed duplicate_key (999999 rows" in str(exc.value)
+    assert exc.value.failure_cases.to_dict("records") == [
+        {
+            "column": "date+store_id+product_id",
+            "check": "duplicate_key",
+            "failures": 999_999,
+            "example": "2024-01-05, S0001, P01",
+        }
+    ]
+
+
+def test_duplicate_keys_keep_the_first_row_and_compare_parsed_values(spec):
+    text = HEADER + rows(3) + "2024-01-05, S0002 ,P01,99,2.50,0\n" + rows(1, start=3)
+    result = validate(text, lenient(spec))
+    assert result.valid["units_sold"].tolist() == [10, 11, 12]  # the first of each key stays
+    assert result.quarantine[REASONS_COLUMN].tolist() == [
+        "date+store_id+product_id: duplicate_key (got '2024-01-05, S0002, P01')",
+        "date+store_id+product_id: duplicate_key (got '2024-01-05, S0003, P01')",
+    ]
