@@ -8,15 +8,19 @@ with a `ContractViolation` whose message names the broken rule, so nothing downs
 from __future__ import annotations
 
 import csv
+import errno
 import gc
 import io
+import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -408,8 +412,56 @@ def _describe(summary: pd.DataFrame, top: int = 5) -> str:
     )
 
 
-def read_landing_file(path: Path) -> pd.DataFrame:
-    """Read a landing file from disk; a missing file is a clear `LandingFileError`."""
-    if not path.is_file():
-        raise LandingFileError(f"no landing file at {path}")
-    return read_landing_csv(path.read_bytes(), path.name)
+def open_landing_file(path: Path, directory: Path | None = None) -> BinaryIO:
+    """Open a landing file for reading if it is a regular file directly inside `directory`.
+
+    A symbolic link is refused, never followed (also when it appears between the check and the
+    open: `O_NOFOLLOW`), and so are FIFOs, devices and folders (`O_NONBLOCK` keeps a FIFO from
+    blocking the open). Errors name the file and the problem, never a link's target or contents.
+    """
+    directory = path.parent if directory is None else directory
+    if os.path.realpath(path.parent) != os.path.realpath(directory) or path.name in ("", "..", "."):
+        raise LandingFileError(f"{path} is not a file inside the landing folder {directory}")
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        raise LandingFileError(f"no landing file at {path}") from None
+    except OSError as exc:
+        raise LandingFileError(f"cannot read landing file {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise LandingFileError(_not_regular(path, mode))
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise LandingFileError(f"no landing file at {path}") from None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):  # the link appeared after the lstat
+            raise LandingFileError(_not_regular(path, stat.S_IFLNK)) from None
+        raise LandingFileError(f"cannot read landing file {path}: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise LandingFileError(_not_regular(path, mode))
+    return os.fdopen(fd, "rb")
+
+
+def _not_regular(path: Path, mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return (
+            f"landing file {path} is a symbolic link: links are not followed; copy the file into "
+            "the landing folder instead"
+        )
+    kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device)"
+    return f"landing file {path} is {kind}"
+
+
+def read_landing_bytes(path: Path, directory: Path | None = None) -> bytes:
+    """The bytes of a landing file, read once (hash and parse these same bytes)."""
+    with open_landing_file(path, directory) as handle:
+        return handle.read()
+
+
+def read_landing_file(path: Path, directory: Path | None = None) -> pd.DataFrame:
+    """Read and parse a landing file; a missing, linked or unreadable file is refused clearly."""
+    return read_landing_csv(read_landing_bytes(path, directory), path.name)

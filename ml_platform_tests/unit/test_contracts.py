@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 from datetime import date
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,7 +16,9 @@ from ml_platform.core.contracts import (
     REASONS_COLUMN,
     ContractViolation,
     LandingFileError,
+    read_landing_bytes,
     read_landing_csv,
+    read_landing_file,
     validate_batch,
 )
 from ml_platform.core.storage import encode_frame
@@ -269,3 +274,133 @@ def test_duplicate_keys_keep_the_first_row_and_compare_parsed_values(spec):
         "date+store_id+product_id: duplicate_key (got '2024-01-05, S0002, P01')",
         "date+store_id+product_id: duplicate_key (got '2024-01-05, S0003, P01')",
     ]
+
+
+# --- landing files on disk: links, FIFOs, paths outside the folder, one read ----------------------
+
+
+@pytest.fixture
+def landing(tmp_path: Path) -> Path:
+    folder = tmp_path / "landing"
+    folder.mkdir()
+    return folder
+
+
+def test_a_symlink_to_a_system_file_is_refused_without_reading_it(landing):
+    (landing / "2024-01-05.csv").symlink_to("/etc/passwd")
+    with pytest.raises(LandingFileError, match="symbolic link") as exc:
+        read_landing_file(landing / "2024-01-05.csv", landing)
+    assert "root:" not in str(exc.value) and "/etc/passwd" not in str(exc.value)
+
+
+def test_a_symlink_to_a_csv_outside_the_folder_is_refused(landing, tmp_path):
+    outside = tmp_path / "elsewhere.csv"
+    outside.write_text(HEADER + rows(3))
+    (landing / "2024-01-05.csv").symlink_to(outside)
+    with pytest.raises(LandingFileError, match="symbolic link"):
+        read_landing_bytes(landing / "2024-01-05.csv", landing)
+
+
+def test_a_fifo_a_folder_and_a_path_outside_the_folder_are_refused(landing, tmp_path):
+    os.mkfifo(landing / "2024-01-05.csv")  # opening it for reading would block forever
+    with pytest.raises(LandingFileError, match="not a regular file"):
+        read_landing_bytes(landing / "2024-01-05.csv", landing)
+    (landing / "2024-01-06.csv").mkdir()
+    with pytest.raises(LandingFileError, match="is a folder"):
+        read_landing_bytes(landing / "2024-01-06.csv", landing)
+    (tmp_path / "2024-01-07.csv").write_text(HEADER + rows(3))
+    with pytest.raises(LandingFileError, match="not a file inside the landing folder"):
+        read_landing_bytes(landing / ".." / "2024-01-07.csv", landing)
+
+
+def test_a_landing_folder_that_is_itself_a_link_still_works(landing, tmp_path):
+    (landing / "2024-01-05.csv").write_text(HEADER + rows(3))
+    (tmp_path / "linked").symlink_to(landing)
+    frame = read_landing_file(tmp_path / "linked" / "2024-01-05.csv", tmp_path / "linked")
+    assert len(frame) == 3
+
+
+def materialize_ingest(root: Path, spec, partition: str, with_validated: bool = False):
+    """`raw` (and `validated`) of one day, in process, with the real parquet IO manager."""
+    import dagster as dg
+
+    from ml_platform.assets.factory import daily_partitions
+    from ml_platform.assets.ingest import build_ingest_assets
+    from ml_platform.resources.io_manager import ParquetIOManager
+    from ml_platform.resources.platform import PlatformPaths
+
+    raw, validated, _ = build_ingest_assets(spec, daily_partitions(spec))
+    resources = {
+        "paths": PlatformPaths(root=str(root)),
+        "parquet_io": ParquetIOManager(base_dir=str(root / "data")),
+    }
+    assets = [raw, validated] if with_validated else [raw]
+    return dg.materialize(
+        assets, partition_key=partition, resources=resources, raise_on_error=False
+    )
+
+
+def raw_landing(root: Path, spec) -> Path:
+    folder = root / spec.landing.directory
+    folder.mkdir(parents=True)
+    return folder
+
+
+def test_raw_hashes_exactly_the_bytes_it_parsed_even_if_the_file_is_replaced(
+    tmp_path, spec, monkeypatch
+):
+    import ml_platform.assets.ingest as ingest
+
+    path = raw_landing(tmp_path, spec) / "2024-01-05.csv"
+    original = (HEADER + rows(3)).encode()
+    path.write_bytes(original)
+    real_encode = ingest.encode_frame
+
+    def encode_then_replace(frame):  # another writer swaps the file between two reads
+        path.write_bytes((HEADER + rows(7)).encode())
+        return real_encode(frame)
+
+    monkeypatch.setattr(ingest, "encode_frame", encode_then_replace)
+    result = materialize_ingest(tmp_path, spec, "2024-01-05")
+    assert result.success
+    (event,) = result.get_asset_materialization_events()  # the one raw partition
+    metadata = event.materialization.metadata
+    assert metadata["md5"].value == hashlib.md5(original).hexdigest()
+    assert metadata["dagster/row_count"].value == 3
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda p: p.write_text("date,units_sold, units_sold\n2024-01-05,1,2\n"),
+            "duplicate column names (after trimming spaces): 'units_sold'",
+        ),
+        (lambda p: p.symlink_to("/etc/passwd"), "is a symbolic link"),
+    ],
+    ids=["duplicate_header", "symlink"],
+)
+def test_raw_failures_name_the_cause_in_the_step_failure(tmp_path, spec, make, message):
+    from ml_platform_tests.conftest import failure_messages
+
+    make(raw_landing(tmp_path, spec) / "2024-01-05.csv")
+    result = materialize_ingest(tmp_path, spec, "2024-01-05")
+    assert not result.success
+    text = failure_messages(result)
+    assert "2024-01-05: " in text and message in text
+    assert "root:" not in text
+
+
+def test_an_unexpected_error_in_validated_names_its_cause(tmp_path, spec, monkeypatch):
+    import ml_platform.assets.ingest as ingest
+    from ml_platform_tests.conftest import failure_messages
+
+    (raw_landing(tmp_path, spec) / "2024-01-05.csv").write_text(HEADER + rows(3))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("pandera exploded")
+
+    monkeypatch.setattr(ingest, "validate_batch", broken)
+    result = materialize_ingest(tmp_path, spec, "2024-01-05", with_validated=True)
+    assert not result.success
+    assert "2024-01-05: RuntimeError: pandera exploded" in failure_messages(result)
