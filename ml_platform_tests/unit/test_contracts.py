@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import os
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ml_platform.core.contracts import (
     MALFORMED_COLUMN,
@@ -404,3 +407,87 @@ def test_an_unexpected_error_in_validated_names_its_cause(tmp_path, spec, monkey
     result = materialize_ingest(tmp_path, spec, "2024-01-05", with_validated=True)
     assert not result.success
     assert "2024-01-05: RuntimeError: pandera exploded" in failure_messages(result)
+
+
+# --- property: the reader agrees with Python's csv module, or refuses clearly ---------------------
+
+NAMES = [*HEADER.strip().split(","), "note", " price ", "", MALFORMED_COLUMN]
+VALUE_ALPHABET = 'aS0159 ,"\n\r\t\x00\x1f\x7f\u00e9０-.'
+VALUES = (
+    st.integers(-(10**20), 10**20).map(str)
+    | st.floats(allow_nan=True, allow_infinity=True).map(repr)
+    | st.sampled_from(["2024-01-05", "S0001", "P01", "S０００１", "NA", "", " 3 "])
+    | st.text(VALUE_ALPHABET, max_size=8)
+)
+GOOD_ROWS = st.integers(1, 30).map(lambda i: ["2024-01-05", f"S{i:04d}", "P01", str(i), "2.5", "0"])
+
+
+@st.composite
+def csv_bytes(draw, contract_header: bool = False) -> bytes:
+    """CSV-ish bytes: a table written with csv quoting, fields joined without it, or noise.
+
+    Headers are the contract's or random names; rows are valid ones (some repeated) or random
+    values in random numbers, so that every path of the reader and the contract is reached.
+    """
+    kinds = ["written", "joined"] if contract_header else ["written", "joined", "noise"]
+    kind = draw(st.sampled_from(kinds))
+    if kind == "noise":
+        return draw(st.binary(max_size=300))
+    names = st.lists(st.sampled_from(NAMES) | st.text(VALUE_ALPHABET, max_size=6), min_size=1)
+    header = NAMES[:6] if contract_header else draw(st.just(NAMES[:6]) | names)
+    width = len(header)
+    sizes = st.integers(0, width + 2) | st.just(width)
+    random_rows = sizes.flatmap(lambda n: st.lists(VALUES, min_size=n, max_size=n))
+    table = [header, *draw(st.lists(GOOD_ROWS | random_rows, max_size=8))]
+    end = draw(st.sampled_from(["\n", "\r\n", "\r"]))
+    if kind == "written":
+        out = io.StringIO()
+        quoting = draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL]))
+        csv.writer(out, quoting=quoting, lineterminator=end).writerows(table)
+        text = out.getvalue()
+    else:
+        text = end.join(",".join(row) for row in table) + draw(st.sampled_from(["", end]))
+    bom = draw(st.sampled_from(["", "\ufeff"]))
+    return (bom + text).encode()
+
+
+def csv_module_reading(data: bytes) -> tuple[list[str], list[list[str]]] | None:
+    """What Python's csv module reads: (header, non-blank rows), or None when it cannot."""
+    try:
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""), strict=True))
+    except (UnicodeDecodeError, csv.Error):
+        return None
+    rows = [row for row in rows if row]
+    return (rows[0], rows[1:]) if rows else None
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(data=csv_bytes())
+def test_reader_matches_the_csv_module_or_raises_a_landing_file_error(data):
+    try:
+        frame = read_landing_csv(data, "generated.csv")
+    except LandingFileError:
+        return  # refused with our own error: not UTF-8, bad quoting, bad header, empty
+    reading = csv_module_reading(data)
+    assert reading is not None, "read a file the csv module cannot read"
+    header, body = reading
+    names = [h.strip() or f"Unnamed: {i}" for i, h in enumerate(header)]
+    assert list(frame.columns[: len(names)]) == names
+    assert len(frame) == len(body)  # no line lost, none invented
+    assert all(isinstance(v, str) for v in frame.to_numpy().ravel())
+    notes = frame[MALFORMED_COLUMN] if MALFORMED_COLUMN in frame else pd.Series("", frame.index)
+    well_formed = [row for row in body if len(row) == len(header)]
+    assert frame.loc[notes == "", names].to_numpy().tolist() == well_formed
+    saw = [int(n.split("saw ")[1].split(":")[0]) for n in notes[notes != ""]]
+    assert saw == [len(row) for row in body if len(row) != len(header)]
+
+
+@settings(max_examples=50, deadline=None, database=None)
+@given(data=csv_bytes(contract_header=True))
+def test_validation_quarantines_or_rejects_but_never_crashes_or_loses_rows(spec, data):
+    try:
+        result = validate_batch(read_landing_csv(data), lenient(spec), DAY)
+    except ContractViolation:
+        return
+    assert len(result.valid) + len(result.quarantine) == result.n_rows
+    assert all(isinstance(r, str) and r for r in result.quarantine[REASONS_COLUMN])
