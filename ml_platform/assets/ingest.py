@@ -9,11 +9,12 @@ from ml_platform.assets.results import markdown_table, partition_dates, partitio
 from ml_platform.core.contracts import (
     REASONS_COLUMN,
     ContractViolation,
-    read_landing_file,
+    read_landing_bytes,
+    read_landing_csv,
     validate_batch,
 )
 from ml_platform.core.features import build_features, encode_by_day
-from ml_platform.core.storage import encode_frame, md5_file
+from ml_platform.core.storage import encode_frame, md5_bytes
 from ml_platform.resources.online_store import OnlineStore
 from ml_platform.resources.platform import PlatformPaths
 from ml_platform.specs import PipelineSpec
@@ -47,16 +48,14 @@ def build_ingest_assets(
         frames, hashes, errors = {}, {}, []
         for key in context.partition_keys:
             path = paths.landing_file(spec, key)
-            try:
-                frames[key] = encode_frame(read_landing_file(path))
-                hashes[key] = md5_file(path)
-            except ContractViolation as exc:
+            try:  # read once: the md5 is of exactly the bytes parsed, even if the file changes
+                data = read_landing_bytes(path, paths.landing_dir(spec))
+                frames[key] = encode_frame(read_landing_csv(data, path.name))
+                hashes[key] = md5_bytes(data)
+            except Exception as exc:  # the CLI shows only the Failure text: it names the cause
                 errors.append((key, exc))
         if errors:
-            raise dg.Failure(
-                "cannot read landing files:\n" + "\n".join(f"{k}: {e}" for k, e in errors),
-                metadata={"broken_partitions": ", ".join(k for k, _ in errors)},
-            )
+            raise _failure("cannot read landing files", errors) from errors[0][1]
         source = {k: {"landing_file": str(paths.landing_file(spec, k))} for k in frames}
         return partitioned_output(context, frames, source, version_by_partition=hashes)
 
@@ -88,7 +87,7 @@ def build_ingest_assets(
     )
     def validated(context: dg.AssetExecutionContext, raw: dict[str, pd.DataFrame]) -> Iterator:
         days = {d.isoformat(): d for d in partition_dates(context)}
-        results, errors = {}, []
+        results, errors, crashed = {}, [], []
         for key in list(raw):
             try:
                 # Encode as we go and drop the frames: a backfill holds only bytes in memory.
@@ -97,6 +96,10 @@ def build_ingest_assets(
                 )
             except ContractViolation as exc:
                 errors.append((key, exc))
+            except Exception as exc:  # a bug, not a broken contract: still name the cause
+                crashed.append((key, exc))
+        if crashed:
+            raise _failure("validation failed unexpectedly", crashed) from crashed[0][1]
         if errors:
             yield _failed_contract_check(validated_key, errors)
             raise dg.Failure(
@@ -135,6 +138,19 @@ def build_ingest_assets(
         return partitioned_output(context, encoded)
 
     return [raw, validated, features]
+
+
+def _failure(summary: str, errors: list[tuple[str, Exception]]) -> dg.Failure:
+    """A step failure whose message carries each partition's cause (the CLI prints only this)."""
+
+    def cause(exc: Exception) -> str:
+        return str(exc) if isinstance(exc, ContractViolation) else f"{type(exc).__name__}: {exc}"
+
+    return dg.Failure(
+        summary + ":\n" + "\n".join(f"{key}: {cause(exc)}" for key, exc in errors),
+        # Which days broke, so a range run can be split around them (`demo.materialize`).
+        metadata={"broken_partitions": ", ".join(key for key, _ in errors)},
+    )
 
 
 def _failed_contract_check(key: dg.AssetKey, errors: list) -> dg.AssetCheckResult:

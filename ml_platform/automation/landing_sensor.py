@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import stat
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +34,7 @@ from ml_platform.assets.factory import daily_partitions
 from ml_platform.automation.alerts import deliver_alert, skipped_file_alert
 from ml_platform.automation.jobs import ingest_job_name
 from ml_platform.automation.schedules import PIPELINE_TAG, TRIGGER_TAG
-from ml_platform.core.storage import md5_file
+from ml_platform.core.contracts import LandingFileError, open_landing_file
 from ml_platform.resources.platform import PlatformPaths
 from ml_platform.specs import PipelineSpec
 
@@ -42,6 +45,9 @@ LANDING_COUNT_TAG = "ml_platform/landing_files"
 # A backfill drop becomes one run per contiguous run of days; this bounds the runs per tick. The
 # remainder waits for the next tick (its files stay out of the cursor).
 MAX_RANGES_PER_TICK = 4
+# The only landing file name: ASCII digits (`date.fromisoformat` also takes 2026-W10-1 and
+# 20260302, and `\d` alone takes other scripts' digits).
+LANDING_NAME = re.compile(r"(\d{4})-(\d{2})-(\d{2})\.csv", re.ASCII)
 
 
 def landing_sensor_name(spec: PipelineSpec) -> str:
@@ -70,18 +76,27 @@ def scan_landing(directory: Path, first_day: date, last_day: date | None) -> Lan
     """Classify every visible file: a partition's landing file, a bad name, or a day to come.
 
     Names starting with '.' are the generator's temp files (written, then renamed) and are not
-    looked at. Days after `last_day` wait: Dagster opens a daily partition once the day is over.
+    looked at, nor are sub-folders. Symbolic links, FIFOs and other non-regular files are bad
+    files: they are reported, never followed or read. Days after `last_day` wait: Dagster opens a
+    daily partition once the day is over.
     """
     scan = LandingScan()
     if not directory.is_dir():
         return scan
     for path in sorted(directory.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+        if path.name.startswith("."):
             continue
         try:
-            md5 = md5_file(path)
+            if stat.S_ISDIR(path.lstat().st_mode):
+                continue
+            md5 = _landing_md5(path, directory)
         except FileNotFoundError:
             continue  # renamed or deleted between listing and reading
+        except LandingFileError as exc:
+            if not os.path.lexists(path):
+                continue
+            scan.invalid[path.name] = (hashlib.md5(str(exc).encode()).hexdigest(), str(exc))
+            continue
         problem, day = _parse_landing_name(path.name, first_day)
         if problem:
             scan.invalid[path.name] = (md5, problem)
@@ -92,16 +107,23 @@ def scan_landing(directory: Path, first_day: date, last_day: date | None) -> Lan
     return scan
 
 
+def _landing_md5(path: Path, directory: Path) -> str:
+    """md5 of a regular file inside `directory`, streamed; a link or a FIFO is refused unread."""
+    digest = hashlib.md5()
+    with open_landing_file(path, directory) as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _parse_landing_name(name: str, first_day: date) -> tuple[str | None, date]:
-    stem, dot, suffix = name.partition(".")
-    if suffix != "csv" or not dot:
+    match = LANDING_NAME.fullmatch(name)
+    if match is None:
         return "name is not YYYY-MM-DD.csv", first_day
     try:
-        day = date.fromisoformat(stem)
-    except ValueError:
-        return f"{stem!r} is not a YYYY-MM-DD date", first_day
-    if len(stem) != 10:  # fromisoformat also accepts 20240101
-        return f"{stem!r} is not a YYYY-MM-DD date", first_day
+        day = date(*(int(part) for part in match.groups()))
+    except ValueError as exc:
+        return f"{name[:-4]!r} is not a YYYY-MM-DD date ({exc})", first_day
     if day < first_day:
         return f"{day} is before the pipeline's start_date {first_day}", first_day
     return None, day

@@ -42,6 +42,11 @@ def encode_frame(frame: pd.DataFrame) -> EncodedFrame:
     return EncodedFrame(payload, hashlib.md5(payload).hexdigest(), len(frame), dtypes)
 
 
+def md5_bytes(data: bytes) -> str:
+    """DVC-compatible md5 of bytes already in memory (a landing file is read once)."""
+    return hashlib.md5(data).hexdigest()
+
+
 def md5_file(path: Path, chunk_size: int = 1 << 20) -> str:
     """DVC-compatible md5 of a file, streamed so large files do not load into memory."""
     digest = hashlib.md5()

@@ -385,7 +385,9 @@ def test_materialize_one_partition_of_validated_from_the_ui(
     expect(ui.get_by_text("Success", exact=True).first).to_be_visible()
     expect(ui.get_by_text(f"partition: {partition}")).to_be_visible()
     expect(ui.get_by_text("RUN_SUCCESS", exact=True)).to_be_visible()
-    step = ui.locator(".chart-element.box").filter(has_text=re.compile(r"^validated$"))
+    # The op is named after its pipeline (op names are global in a code location).
+    op = f"{PIPELINE}__validated"
+    step = ui.locator(".chart-element.box").filter(has_text=re.compile(rf"^{op}$"))
     expect(step).to_have_attribute("style", re.compile(r"accent-green"))  # the Gantt bar
     screenshot(ui, "run_validated.png")
 

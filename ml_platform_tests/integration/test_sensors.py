@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -181,6 +182,36 @@ def test_bad_names_are_skipped_with_one_alert_each_and_never_crash_the_tick(env,
     (folder / "notes.txt").write_text("changed")  # a new version of a bad file alerts again
     tick(landing, instance, env, second.cursor)
     assert len(read_json_lines(alerts_path(env))) == 5
+
+
+def test_links_fifos_and_non_calendar_names_are_skipped_with_an_alert_never_read(
+    env, instance, spec
+):
+    folder = landing_dir(env, spec)
+    good = write_day(env, spec, 0)
+    outside = env / "outside.csv"
+    outside.write_text(HEADER + f"{day(1, spec)},S0001,P01,3,2.50,0\n")
+    linked_csv, linked_passwd, fifo = (f"{day(i, spec)}.csv" for i in (1, 2, 3))
+    (folder / linked_csv).symlink_to(outside)
+    (folder / linked_passwd).symlink_to("/etc/passwd")
+    os.mkfifo(folder / fifo)  # reading it would block the tick forever
+    week_date = "2024-W02-2.csv"  # date.fromisoformat reads 2024-01-09; not a landing name
+    (folder / week_date).write_text(HEADER + "2024-01-09,S0001,P01,3,2.50,0\n")
+    full_width = "２０２４-01-10.csv"
+    (folder / full_width).write_text(HEADER + "2024-01-10,S0001,P01,3,2.50,0\n")
+    landing, _ = sensors(spec)
+
+    first = tick(landing, instance, env)
+    second = tick(landing, instance, env, first.cursor)
+
+    assert [partitions(r) for r in first.run_requests] == [[good.stem]]
+    assert second.run_requests == []
+    alerts = {a["reason"].split("'")[1]: a["reason"] for a in read_json_lines(alerts_path(env))}
+    assert sorted(alerts) == sorted([linked_csv, linked_passwd, fifo, week_date, full_width])
+    assert "symbolic link" in alerts[linked_csv] and "symbolic link" in alerts[linked_passwd]
+    assert "not a regular file" in alerts[fifo]
+    assert "not YYYY-MM-DD.csv" in alerts[week_date] and "not YYYY-MM-DD.csv" in alerts[full_width]
+    assert "root:" not in " ".join(alerts.values())
 
 
 def test_runs_per_tick_are_bounded_and_the_rest_waits_for_the_next_tick(env, instance, spec):
