@@ -7,6 +7,7 @@ spec stops only itself, in `ml_platform.definitions` and in its own code locatio
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 from pathlib import Path
 
@@ -182,3 +183,43 @@ def test_spec_validate_names_the_broken_file_and_exits_1(project, tmp_path):
     )
     assert only.returncode == 0, only.stderr
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_dagster_itself_reports_the_broken_location_and_loads_the_other(tmp_path):
+    """What the UI's Deployment page shows: `dagster definitions validate` over the workspace."""
+    import subprocess
+    import sys
+
+    from ml_platform.scaffold import workspace_yaml
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    raw = yaml.safe_load((SPEC_DIR / "customer_churn.yaml").read_text())
+    raw["model"]["params_file"] = None
+    (specs / "customer_churn.yaml").write_text(yaml.safe_dump(raw))
+    raw.update(name="broken_team", target="churnd")
+    (specs / "broken_team.yaml").write_text(yaml.safe_dump(raw))
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(workspace_yaml(["customer_churn", "broken_team"]))
+    env = {
+        **os.environ,
+        "ML_PLATFORM_SPEC_DIR": str(specs),
+        "ML_PLATFORM_ROOT": str(tmp_path),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+    }
+    (tmp_path / "dagster_home").mkdir()
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    done = subprocess.run(
+        [dagster, "definitions", "validate", "-w", str(workspace)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "Validation failed for code location broken_team" in output
+    assert "target: column 'churnd' is not declared" in output
+    assert "did you mean 'churned'" in output
+    assert "Validation successful for code location customer_churn" in output
