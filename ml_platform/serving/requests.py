@@ -39,18 +39,25 @@ class RequestParser:
         self.keys = list(spec.entity_keys)
         self.max_entities = spec.deployment.max_batch_entities
         self.max_bytes = self.max_entities * BYTES_PER_ENTITY + 1024
-        key = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_CHARS)]
+        text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_CHARS)]
+        # An int key (the hour of an hourly series) takes a JSON integer or its digits as text.
+        digits = Annotated[str, StringConstraints(pattern=r"^-?[0-9]{1,18}$")]
+        number = Annotated[int, Field(ge=-(10**18), le=10**18)]
+        columns = spec.contract.columns
+        self.int_keys = [k for k in self.keys if columns[k].dtype == "int"]
+        kinds = {k: number | digits if k in self.int_keys else text for k in self.keys}
         strict = ConfigDict(extra="forbid", strict=True)
-        entity = with_config(strict)(
-            TypedDict(f"{spec.name}_entity", dict.fromkeys(self.keys, key))
-        )
+        entity = with_config(strict)(TypedDict(f"{spec.name}_entity", kinds))
         body = with_config(ConfigDict(extra="forbid"))(
             TypedDict(
                 f"{spec.name}_request", {"entities": Annotated[list[entity], Field(min_length=1)]}
             )
         )
         self.adapter = TypeAdapter(body)
-        example = ", ".join(f'"{k}": "<string>"' for k in self.keys)
+        example = ", ".join(
+            f'"{k}": {"<integer>" if k in self.int_keys else chr(34) + "<string>" + chr(34)}'
+            for k in self.keys
+        )
         limit = f"with 1 to {self.max_entities} entities"
         self.shape = '{"entities": [{' + example + "}, ...]} " + limit
 
@@ -84,4 +91,7 @@ class RequestParser:
                 "too_many_entities",
                 f"{len(entities)} entities in one request; the limit is {self.max_entities}",
             )
+        for entity in entities if self.int_keys else ():
+            for key in self.int_keys:  # one spelling per entity: "05" and 5 are the same hour
+                entity[key] = int(entity[key])
         return entities
