@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--pipeline",
         action="append",
-        help="repeatable; default: every pipeline with a synthetic data generator",
+        help="repeatable; default: every pipeline with landing files or a data generator",
     )
     demo.add_argument("--regenerate", action="store_true", help="generate data even if present")
     demo.set_defaults(func=cmd_demo)

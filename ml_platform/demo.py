@@ -36,8 +36,12 @@ def run_demo(root: Path, pipelines: list[str] | str | None = None, regenerate: b
         if missing:
             raise ValueError(f"unknown pipelines {missing}; known: {sorted(known)}")
         chosen = [known[p] for p in pipelines]
-    else:
-        chosen = [s for s in specs if s.landing.generator is not None]
+    else:  # every pipeline that has data, or can make demo data
+        chosen = [
+            s
+            for s in specs
+            if s.landing.generator is not None or landing_days(root / s.landing.directory)
+        ]
     for spec in chosen:
         print(f"=== {spec.name} ({spec.task}) ===", flush=True)
         if not _demo_pipeline(root, spec, regenerate):
