@@ -74,6 +74,38 @@ class ColumnContract(_Strict):
     """The only allowed values."""
 
 
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"pattern {value!r} is not a regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _rules_fit_the_dtype(self) -> ColumnContract:
+        from datetime import datetime
+
+        numeric_rules = [r for r in ("ge", "gt", "le", "lt") if getattr(self, r) is not None]
+        if numeric_rules and self.dtype not in ("int", "float"):
+            raise ValueError(f"{numeric_rules} apply to int and float columns, not {self.dtype}")
+        if self.pattern is not None and self.dtype != "str":
+            raise ValueError(f"pattern applies to str columns, not {self.dtype}")
+        if self.format is not None:
+            if self.dtype != "date":
+                raise ValueError(f"format applies to date columns, not {self.dtype}")
+            sample = date(2024, 12, 31)
+            try:
+                parsed = datetime.strptime(sample.strftime(self.format), self.format).date()
+            except ValueError:
+                parsed = None
+            if parsed != sample:
+                raise ValueError(f"format {self.format!r} does not read back a full date")
+        return self
+
+
 class ContractSpec(_Strict):
     columns: dict[str, ColumnContract]
     """Every column of the landing files, by name, with its `dtype` and rules."""

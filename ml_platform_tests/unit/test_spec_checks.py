@@ -228,3 +228,21 @@ def test_a_yes_no_target_needs_its_positive_class(folder):
         raw["model"]["positive_class"] = "yes"
 
     assert load_spec(_write(folder, "customer_churn", fixed), folder).model.positive_class == "yes"
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        ({"dtype": "str", "pattern": "^S(\\d{4}$"}, "is not a regular expression"),
+        ({"dtype": "int", "pattern": "^\\d+$"}, "pattern applies to str columns"),
+        ({"dtype": "str", "ge": 0}, "apply to int and float columns"),
+        ({"dtype": "float", "format": "%Y"}, "format applies to date columns"),
+        ({"dtype": "date", "format": "%Y-%m"}, "does not read back a full date"),
+    ],
+)
+def test_column_rules_that_cannot_work_fail_at_load(folder, rule, expected):
+    def edit(raw):
+        raw["contract"]["columns"]["store_id"] = rule
+
+    message = _error(_write(folder, "sales_forecast", edit), folder)
+    assert "contract.columns.store_id" in message and expected in message
