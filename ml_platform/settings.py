@@ -87,3 +87,18 @@ def use_passive_openmp() -> None:
     on a busy 2-core machine that turned a 0.3 s fit into minutes. It must be set before OpenMP
     loads; an operator's own value wins."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+# Production profile (ml_platform/production.py, deploy/). Dagster reads the DAGSTER_PG_* variables
+# itself through deploy/dagster.postgres.yaml; these functions give the same values to our helpers.
+DAGSTER_PG_ENV = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD")
+
+
+def postgres_server() -> dict[str, str]:
+    """Where PostgreSQL is (`DAGSTER_PG_HOST`, `_PORT`, `_USER`, `_PASSWORD`); local by default."""
+    return {
+        "host": os.environ.get("DAGSTER_PG_HOST", "127.0.0.1"),
+        "port": os.environ.get("DAGSTER_PG_PORT", "5432"),
+        "user": os.environ.get("DAGSTER_PG_USER", "postgres"),
+        "password": os.environ.get("DAGSTER_PG_PASSWORD", ""),
+    }
