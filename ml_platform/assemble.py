@@ -31,7 +31,13 @@ from ml_platform.resources.online_store import OnlineStore
 from ml_platform.resources.platform import PlatformPaths
 from ml_platform.resources.registry import ModelRegistry
 from ml_platform.resources.tracking import mlflow_tracking
-from ml_platform.settings import default_root, mlflow_uri, online_store_url, spec_dir_from_env
+from ml_platform.settings import (
+    default_root,
+    mlflow_artifact_root,
+    mlflow_uri,
+    online_store_url,
+    spec_dir_from_env,
+)
 from ml_platform.specs import PipelineSpec, load_specs_isolated
 
 __all__ = ["build_definitions", "mlflow_uri", "spec_dir_from_env"]
@@ -51,7 +57,7 @@ def build_definitions(
         for error in errors.values():
             log.error("pipeline left out: %s", error)
     tracking_uri = mlflow_uri(root)
-    artifact_root = str(root / ".ml_platform" / "mlartifacts")
+    artifact_root = mlflow_artifact_root(root)
     resources: dict[str, object] = {
         "paths": PlatformPaths(root=str(root)),
         "parquet_io": ParquetIOManager(base_dir=str(root / "data")),

@@ -38,6 +38,15 @@ def mlflow_uri(root: Path) -> str:
     )
 
 
+def mlflow_artifact_root(root: Path) -> str:
+    """Where new experiments keep artifacts: `.ml_platform/mlartifacts` by default; "" (the
+    server's choice, `mlflow-artifacts:/`) when MLFLOW_TRACKING_URI names an MLflow server, so
+    clients upload through it and need no shared disk."""
+    if mlflow_uri(root).startswith(("http://", "https://")):
+        return ""
+    return str(Path(root) / ".ml_platform" / "mlartifacts")
+
+
 def online_store_url(root: Path) -> str:
     """`ML_PLATFORM_ONLINE_STORE_URL` (e.g. `redis://127.0.0.1:6379/0`) or SQLite under the root."""
     return os.environ.get(ONLINE_STORE_URL_ENV) or (

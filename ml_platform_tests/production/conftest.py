@@ -49,3 +49,23 @@ def postgres_project(tmp_path: Path, pg_database: str, monkeypatch) -> Iterator[
         yield root
     finally:
         restore_env(saved)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    """An `mlflow server` on its own PostgreSQL database, serving artifacts from a folder no
+    client is told about; stopped and its database dropped at the end."""
+    from ml_platform.production import start_mlflow_server
+
+    database = unique("mlp_mlflow")
+    server = None
+    try:
+        server = start_mlflow_server(
+            database, tmp_path / "server_artifacts", log=tmp_path / "mlflow_server.log"
+        )
+        server.database = database
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
+        drop_database(database)
