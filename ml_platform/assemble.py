@@ -32,7 +32,12 @@ from ml_platform.resources.platform import PlatformPaths
 from ml_platform.resources.registry import ModelRegistry
 from ml_platform.resources.tracking import mlflow_tracking
 from ml_platform.settings import (
+    CELERY_BROKER_ENV,
+    DEFAULT_CELERY_BROKER,
+    celery_broker_set,
+    celery_queue,
     default_root,
+    executor_name,
     mlflow_artifact_root,
     mlflow_uri,
     online_store_url,
@@ -89,5 +94,29 @@ def build_definitions(
         sensors=sensors,
         schedules=schedules,
         resources=resources,
-        executor=dg.in_process_executor,
+        executor=select_executor(),
     )
+
+
+def select_executor() -> dg.ExecutorDefinition:
+    """The executor named by `ML_PLATFORM_EXECUTOR` (settings.py): in-process by default.
+
+    Celery's broker URL is read by Dagster from `ML_PLATFORM_CELERY_BROKER` when the run starts
+    (`dg.EnvVar`-style config), so credentials never enter definitions or run config.
+    """
+    name = executor_name()
+    if name == "multiprocess":
+        return dg.multiprocess_executor
+    if name == "celery":
+        from dagster_celery import celery_executor
+
+        broker = {"env": CELERY_BROKER_ENV} if celery_broker_set() else DEFAULT_CELERY_BROKER
+        return celery_executor.configured(
+            {
+                "broker": broker,
+                "backend": "rpc://",
+                "config_source": {"task_default_queue": celery_queue()},
+            },
+            name="celery",
+        )
+    return dg.in_process_executor

@@ -147,10 +147,15 @@ def _start(name: str, command: list[str], log: Path, env: dict[str, str] | None 
             command,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "PATH": _path_with_our_bin(), **(env or {})},
             start_new_session=True,  # its own process group: stop() ends its children too
         )
     return Service(name=name, process=process, log=log)
+
+
+def _path_with_our_bin() -> str:
+    """PATH with this environment's scripts first: dagster-celery runs `celery` by name."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
 def free_port() -> int:
@@ -199,3 +204,146 @@ def start_mlflow_server(
             time.sleep(0.5)
     service.stop()
     raise RuntimeError(f"mlflow server not healthy after {timeout:.0f}s; see {log}")
+
+
+def write_celery_config(path: Path, queue: str) -> Path:
+    """The worker's side of the executor config in `assemble.select_executor`: same broker (from
+    `ML_PLATFORM_CELERY_BROKER` when set), same result backend, same queue."""
+    import yaml
+
+    from ml_platform.settings import CELERY_BROKER_ENV, DEFAULT_CELERY_BROKER, celery_broker_set
+
+    broker = {"env": CELERY_BROKER_ENV} if celery_broker_set() else DEFAULT_CELERY_BROKER
+    config = {
+        "execution": {
+            "config": {
+                "broker": broker,
+                "backend": "rpc://",
+                "config_source": {"task_default_queue": queue},
+            }
+        }
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def start_celery_workers(
+    count: int, queue: str, log_dir: Path, timeout: float = 120, prefix: str = "mlp"
+) -> list[Service]:
+    """`count` dagster-celery workers, one step at a time each (`-c 1`), on `queue`.
+
+    They execute steps against the instance in DAGSTER_HOME (PostgreSQL in production) and
+    rebuild jobs from the code location `ml_platform.locations`, so they need the same
+    environment as the process that launches runs. Returns once every worker says it is ready.
+    """
+    config = write_celery_config(log_dir / "celery.yaml", queue)
+    workers = []
+    for index in range(1, count + 1):
+        name = f"{prefix}-{queue}-{index}"
+        command = [
+            _bin("dagster-celery"), "worker", "start",
+            "-A", "dagster_celery.app",
+            "-y", str(config),
+            "-q", queue,
+            "-n", name,
+            "--", "-c", "1",
+        ]  # fmt: skip
+        workers.append(_start(name, command, log_dir / f"worker-{index}.log"))
+    deadline = time.monotonic() + timeout
+    pending = list(workers)
+    while pending and time.monotonic() < deadline:
+        for worker in list(pending):
+            if worker.process.poll() is not None:
+                for w in workers:
+                    w.stop()
+                raise RuntimeError(f"celery worker {worker.name} exited; see {worker.log}")
+            if b" ready." in worker.log.read_bytes():
+                pending.remove(worker)
+        time.sleep(0.5)
+    if pending:
+        for w in workers:
+            w.stop()
+        raise RuntimeError(f"celery workers not ready after {timeout:.0f}s: {pending[0].log}")
+    return workers
+
+
+def delete_celery_queue(queue: str) -> None:
+    """Remove `queue` from the broker (tests use their own queue names)."""
+    from kombu import Connection
+
+    from ml_platform.settings import CELERY_BROKER_ENV, DEFAULT_CELERY_BROKER
+
+    with Connection(os.environ.get(CELERY_BROKER_ENV) or DEFAULT_CELERY_BROKER) as conn:
+        conn.default_channel.queue_delete(queue)
+
+
+DAGSTER_DATABASE = "ml_platform_dagster"
+MLFLOW_DATABASE = "ml_platform_mlflow"
+DEMO_QUEUE = "ml_platform"
+DEMO_BATCH_DAYS = "92"  # a 730-day backfill becomes 8 runs per wave, spread over the workers
+DEMO_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def run_distributed_demo(root: Path, pipelines: list[str] | None = None, workers: int = 2) -> int:
+    """`make demo-distributed`: the same demo and summary as `ml-platform demo`, on real services.
+
+    It uses the PostgreSQL, Redis and RabbitMQ that are running (DAGSTER_PG_*,
+    ML_PLATFORM_ONLINE_STORE_URL, ML_PLATFORM_CELERY_BROKER override the local defaults), starts
+    what is missing (an MLflow server on PostgreSQL that serves artifacts, `workers` Celery
+    workers), and stops everything it started when it ends. Runs are launched from this process
+    (no daemon needed: the daemon only serves sensors, schedules and the run queue).
+    """
+    from ml_platform.demo import run_demo
+    from ml_platform.settings import use_passive_openmp
+
+    use_passive_openmp()
+    root = Path(root).resolve()
+    state = root / ".ml_platform" / "production"
+    logs = state / "logs"
+    create_database(DAGSTER_DATABASE)
+    home = write_postgres_instance(state / "dagster_home")
+    env = {
+        **postgres_instance_env(os.environ.get("DAGSTER_PG_DB") or DAGSTER_DATABASE),
+        "DAGSTER_HOME": str(home),
+        "ML_PLATFORM_ROOT": str(root),
+        "ML_PLATFORM_EXECUTOR": "celery",
+        "ML_PLATFORM_CELERY_QUEUE": os.environ.get("ML_PLATFORM_CELERY_QUEUE") or DEMO_QUEUE,
+        "ML_PLATFORM_MAX_PARTITIONS_PER_RUN": os.environ.get("ML_PLATFORM_MAX_PARTITIONS_PER_RUN")
+        or DEMO_BATCH_DAYS,
+        "ML_PLATFORM_ONLINE_STORE_URL": os.environ.get("ML_PLATFORM_ONLINE_STORE_URL")
+        or DEMO_REDIS,
+    }
+    saved = apply_env(env)
+    started: list[Service] = []
+    try:
+        print(f"[0/6] starting an MLflow server on PostgreSQL ({MLFLOW_DATABASE}) …", flush=True)
+        mlflow = start_mlflow_server(MLFLOW_DATABASE, state / "mlartifacts", logs / "mlflow.log")
+        started.append(mlflow)
+        saved.update(apply_env({"MLFLOW_TRACKING_URI": mlflow.url}))
+        print(f"      MLflow {mlflow.url}; starting {workers} Celery workers …", flush=True)
+        started.extend(start_celery_workers(workers, env["ML_PLATFORM_CELERY_QUEUE"], logs))
+        print(f"      workers ready (logs in {logs})", flush=True)
+        return run_demo(root, pipelines)
+    finally:
+        for service in reversed(started):
+            service.stop()
+        restore_env(saved)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from ml_platform.settings import default_root
+
+    parser = argparse.ArgumentParser(prog="python -m ml_platform.production")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="the demo on PostgreSQL, MLflow server, Celery, Redis")
+    demo.add_argument("--pipeline", action="append", help="pipeline name (repeatable)")
+    demo.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    return run_distributed_demo(default_root(), args.pipeline, args.workers)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -111,3 +111,42 @@ def postgres_server() -> dict[str, str]:
         "user": os.environ.get("DAGSTER_PG_USER", "postgres"),
         "password": os.environ.get("DAGSTER_PG_PASSWORD", ""),
     }
+
+
+EXECUTOR_ENV = "ML_PLATFORM_EXECUTOR"
+EXECUTORS = ("in_process", "multiprocess", "celery")
+CELERY_BROKER_ENV = "ML_PLATFORM_CELERY_BROKER"
+DEFAULT_CELERY_BROKER = "pyamqp://guest@127.0.0.1:5672//"
+CELERY_QUEUE_ENV = "ML_PLATFORM_CELERY_QUEUE"
+MAX_PARTITIONS_PER_RUN_ENV = "ML_PLATFORM_MAX_PARTITIONS_PER_RUN"
+
+
+def executor_name() -> str:
+    """`ML_PLATFORM_EXECUTOR`: `in_process` (embedded default), `multiprocess`, or `celery`
+    (steps on dagster-celery workers; needs a persistent instance, PostgreSQL in production)."""
+    name = os.environ.get(EXECUTOR_ENV) or "in_process"
+    if name not in EXECUTORS:
+        raise ValueError(f"{EXECUTOR_ENV}={name!r}: expected one of {', '.join(EXECUTORS)}")
+    return name
+
+
+def celery_broker_set() -> bool:
+    """Whether `ML_PLATFORM_CELERY_BROKER` names the broker (else the local RabbitMQ, as guest)."""
+    return bool(os.environ.get(CELERY_BROKER_ENV))
+
+
+def celery_queue() -> str:
+    """`ML_PLATFORM_CELERY_QUEUE`: the queue steps are sent to and workers listen on."""
+    return os.environ.get(CELERY_QUEUE_ENV) or "dagster"
+
+
+def max_partitions_per_run() -> int | None:
+    """`ML_PLATFORM_MAX_PARTITIONS_PER_RUN`: backfills of daily assets split into runs of at most
+    this many days, so several workers share them; unset keeps one run per backfill (embedded
+    default, fastest on one process). A single new day is one run either way."""
+    value = os.environ.get(MAX_PARTITIONS_PER_RUN_ENV)
+    if not value:
+        return None
+    if int(value) < 1:
+        raise ValueError(f"{MAX_PARTITIONS_PER_RUN_ENV} must be at least 1, got {value}")
+    return int(value)
