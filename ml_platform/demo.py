@@ -62,7 +62,7 @@ def _demo_pipeline(root: Path, spec, regenerate: bool) -> bool:
     first, last = landing_range(landing)
     steps = [
         (
-            f"[2/6] ingest {first}..{last} (raw → validated → features), one run",
+            f"[2/6] ingest {first}..{last} (raw → validated → features), {_runs_label()}",
             ["raw", "validated", "quarantine", "features"],
             None,
         ),
@@ -79,6 +79,13 @@ def _demo_pipeline(root: Path, spec, regenerate: bool) -> bool:
         if not materialize(root, spec, stages, partition=partition):
             return False
     return True
+
+
+def _runs_label() -> str:
+    batch = max_partitions_per_run()
+    if batch and executor_name() != "in_process":
+        return f"in runs of {batch} days that the {executor_name()} workers share"
+    return "one run"
 
 
 def materialize(root: Path, spec, stages: list[str], partition: str | None = None) -> bool:
