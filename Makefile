@@ -19,7 +19,6 @@ demo: install  ## every shipped pipeline: generate data, materialise the whole g
 	$(BIN)/ml-platform demo
 
 demo-distributed: install  ## the same demo on PostgreSQL, an MLflow server, 2 Celery workers, Redis
-	$(BIN)/pip install --quiet -e ".[distributed]"
 	$(BIN)/python -m ml_platform.production demo --workers 2
 
 test: install  ## the whole suite, slow end-to-end tests included (what CI runs), 2 workers by file
