@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 3000
 
-.PHONY: install demo test test-fast test-ui dev bench lint format reset clean
+.PHONY: install demo demo-distributed test test-fast test-ui dev bench lint format reset clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ install: $(STAMP)
 
 demo: install  ## every shipped pipeline: generate data, materialise the whole graph, print summaries
 	$(BIN)/ml-platform demo
+
+demo-distributed: install  ## the same demo on PostgreSQL, an MLflow server, 2 Celery workers, Redis
+	$(BIN)/python -m ml_platform.production demo --workers 2
 
 test: install  ## the whole suite, slow end-to-end tests included (what CI runs), 2 workers by file
 	$(BIN)/pytest -q -ra --durations=10 -n 2 --dist loadfile

@@ -35,7 +35,18 @@ from ml_platform.resources.online_store import OnlineStore
 from ml_platform.resources.platform import PlatformPaths
 from ml_platform.resources.registry import ModelRegistry
 from ml_platform.resources.tracking import mlflow_tracking
-from ml_platform.settings import default_root, mlflow_uri, online_store_url, spec_dir_from_env
+from ml_platform.settings import (
+    CELERY_BROKER_ENV,
+    DEFAULT_CELERY_BROKER,
+    celery_broker_set,
+    celery_queue,
+    default_root,
+    executor_name,
+    mlflow_artifact_root,
+    mlflow_uri,
+    online_store_url,
+    spec_dir_from_env,
+)
 from ml_platform.specs import PipelineSpec, load_specs_isolated
 
 __all__ = ["build_definitions", "mlflow_uri", "spec_dir_from_env"]
@@ -57,7 +68,7 @@ def build_definitions(
         for error in errors.values():
             log.error("pipeline left out: %s", error)
     tracking_uri = mlflow_uri(root)
-    artifact_root = str(root / ".ml_platform" / "mlartifacts")
+    artifact_root = mlflow_artifact_root(root)
     resources: dict[str, object] = {
         "paths": PlatformPaths(root=str(root)),
         "parquet_io": ParquetIOManager(base_dir=str(root / "data")),
@@ -92,5 +103,29 @@ def build_definitions(
         sensors=sensors,
         schedules=schedules,
         resources=resources,
-        executor=dg.in_process_executor,
+        executor=select_executor(),
     )
+
+
+def select_executor() -> dg.ExecutorDefinition:
+    """The executor named by `ML_PLATFORM_EXECUTOR` (settings.py): in-process by default.
+
+    Celery's broker URL is read by Dagster from `ML_PLATFORM_CELERY_BROKER` when the run starts
+    (`dg.EnvVar`-style config), so credentials never enter definitions or run config.
+    """
+    name = executor_name()
+    if name == "multiprocess":
+        return dg.multiprocess_executor
+    if name == "celery":
+        from dagster_celery import celery_executor
+
+        broker = {"env": CELERY_BROKER_ENV} if celery_broker_set() else DEFAULT_CELERY_BROKER
+        return celery_executor.configured(
+            {
+                "broker": broker,
+                "backend": "rpc://",
+                "config_source": {"task_default_queue": celery_queue()},
+            },
+            name="celery",
+        )
+    return dg.in_process_executor

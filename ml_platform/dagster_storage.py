@@ -43,7 +43,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     def __init__(self, base_dir: str, inst_data: Any = None) -> None:
         self._engines: OrderedDict[str, Engine] = OrderedDict()  # before: init may connect
-        super().__init__(base_dir, inst_data)
+        super().__init__(_under_dagster_home(base_dir), inst_data)
         os.environ.setdefault(EVENT_BATCH_SIZE_ENV, EVENT_BATCH_SIZE)
 
     @classmethod
@@ -111,6 +111,17 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         while self._engines:
             _, engine = self._engines.popitem()
             engine.dispose()
+
+
+def _under_dagster_home(base_dir: str) -> str:
+    """A relative `base_dir` (what `instance.ensure_dagster_home` writes) lives in DAGSTER_HOME,
+    so a moved or copied instance folder writes its own events, never the old folder's."""
+    if os.path.isabs(base_dir):
+        return base_dir
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        raise ValueError(f"event log base_dir {base_dir!r} is relative but DAGSTER_HOME is unset")
+    return os.path.join(os.path.abspath(home), base_dir)
 
 
 def _is_asset(event: EventLogEntry) -> bool:

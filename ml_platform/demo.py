@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from ml_platform.instance import ensure_dagster_home
+from ml_platform.settings import executor_name, max_partitions_per_run
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -65,7 +66,7 @@ def _demo_pipeline(root: Path, spec, regenerate: bool) -> bool:
     first, last = landing_range(landing)
     steps = [
         (
-            f"[2/6] ingest {first}..{last} (raw → validated → features), one run",
+            f"[2/6] ingest {first}..{last} (raw → validated → features), {_runs_label()}",
             ["raw", "validated", "quarantine", "features"],
             None,
         ),
@@ -82,6 +83,13 @@ def _demo_pipeline(root: Path, spec, regenerate: bool) -> bool:
         if not materialize(root, spec, stages, partition=partition):
             return False
     return True
+
+
+def _runs_label() -> str:
+    batch = max_partitions_per_run()
+    if batch and executor_name() != "in_process":
+        return f"in runs of {batch} days that the {executor_name()} workers share"
+    return "one run"
 
 
 def materialize(root: Path, spec, stages: list[str], partition: str | None = None) -> bool:
@@ -102,12 +110,17 @@ def materialize(root: Path, spec, stages: list[str], partition: str | None = Non
         raise ValueError("daily and unpartitioned stages go in separate runs")
     defs = build_definitions(root, specs=[spec])  # this pipeline only: others cannot break it
     job = defs.resolve_job_def(ingest_job_name(spec) if daily else training_job_name(spec))
+    if executor_name() != "in_process":  # steps run in other processes: they rebuild the job
+        job = _reconstructable(root, spec, job.name)
     selection = [dg.AssetKey([spec.name, s]) for s in stages]
     if not daily or partition is not None:
         return _run(job, selection, partition=partition if daily else None).success
     days = landing_days(root / spec.landing.directory)
     if not days:
         raise ValueError(f"no landing files in {root / spec.landing.directory}")
+    batch = max_partitions_per_run()
+    if batch and executor_name() != "in_process":
+        return _materialize_in_batches(job, spec, stages, days, batch)
     # A backfill survives bad days: a range run that names broken days is split into the
     # consecutive good days around them, as few range runs as possible; each day fails once.
     broken: set[str] = set()
@@ -134,19 +147,85 @@ def materialize(root: Path, spec, stages: list[str], partition: str | None = Non
     return ok and not broken
 
 
+# Stages in the order a distributed backfill runs them: each wave's runs start once the previous
+# wave is done, because a stage reads earlier days of the one before it (lags, drift windows);
+# within a wave the batches are independent, so workers take them at the same time.
+WAVES = (("raw", "validated", "quarantine"), ("features",), ("predictions",), ("drift_report",))
+
+
+def _materialize_in_batches(job, spec, stages: list[str], days: list[str], size: int) -> bool:
+    """A backfill as runs of at most `size` days (`ML_PLATFORM_MAX_PARTITIONS_PER_RUN`), wave by
+    wave, the runs of a wave at once: what `BackfillPolicy.multi_run` asks of the daemon.
+
+    Each run is orchestrated by its own process (Dagster's run logging is not safe across threads
+    of one process: two runs started in threads deadlocked on logging's locks).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    batches = [
+        (span_days[i], span_days[min(i + size, len(span_days)) - 1])
+        for first, last in contiguous_spans(days)
+        for span_days in [[d for d in days if first <= d <= last]]
+        for i in range(0, len(span_days), size)
+    ]
+    processes = min(len(batches), MAX_CONCURRENT_RUNS)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+        for wave in WAVES:
+            chosen = [s for s in wave if s in stages]
+            if not chosen:
+                continue
+            runs = [pool.submit(_run_batch, job, spec.name, chosen, span) for span in batches]
+            if not all(run.result() for run in runs):
+                return False
+    return True
+
+
+def _run_batch(job, pipeline: str, stages: list[str], days: tuple[str, str]) -> bool:
+    import dagster as dg
+
+    return _run(job, [dg.AssetKey([pipeline, s]) for s in stages], days=days).success
+
+
+MAX_CONCURRENT_RUNS = 4  # run orchestrators at once; each mostly waits on its workers
+
+
+def _reconstructable(root: Path, spec, job_name: str):
+    """The job as workers rebuild it: code location `ml_platform.locations:<pipeline>`."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    repository = ReconstructableRepository.for_module(
+        "ml_platform.locations", spec.name, working_directory=str(root)
+    )
+    return repository.get_reconstructable_job(job_name)
+
+
 def _run(job, selection, partition: str | None = None, days: tuple[str, str] | None = None):
     import dagster as dg
 
     tags = {RANGE_START: days[0], RANGE_END: days[1]} if days else {}
     started = time.monotonic()
-    result = job.execute_in_process(
-        partition_key=partition,
-        run_config=QUIET,
-        instance=dg.DagsterInstance.get(),
-        tags=tags,
-        asset_selection=selection,
-        raise_on_error=False,
-    )
+    if isinstance(job, dg.JobDefinition):
+        result = job.execute_in_process(
+            partition_key=partition,
+            run_config=QUIET,
+            instance=dg.DagsterInstance.get(),
+            tags=tags,
+            asset_selection=selection,
+            raise_on_error=False,
+        )
+    else:  # a reconstructable job: its executor (Celery, multiprocess) runs the steps
+        if partition is not None:
+            tags["dagster/partition"] = partition
+        result = dg.execute_job(
+            job,
+            instance=dg.DagsterInstance.get(),
+            run_config=QUIET,
+            tags=tags,
+            asset_selection=selection,
+            raise_on_error=False,
+        )
     outcome = "succeeded" if result.success else "FAILED"
     span = f" {days[0]}..{days[1]}" if days else ""
     elapsed = time.monotonic() - started

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from ml_platform.settings import dagster_home_from_env, gc_freeze_enabled, sqlite_durable
@@ -29,31 +30,71 @@ run_monitoring:
   enabled: true
   poll_interval_seconds: 30
 # Dagster's SQLite event log, with engines kept open (ml_platform/dagster_storage.py).
+# A relative base_dir is resolved against DAGSTER_HOME, so the folder can be moved or copied.
 event_log_storage:
   module: ml_platform.dagster_storage
   class: PooledSqliteEventLogStorage
   config:
     base_dir: {runs_dir}
 """
+RUNS_DIR = "history/runs"  # relative to DAGSTER_HOME, as Dagster's own SQLite storages are
+# Earlier versions wrote the event log's absolute path; a copied or moved project then kept
+# writing its events into the old folder.
+_ABSOLUTE_BASE_DIR = re.compile(r'^    base_dir: (".*")$', re.MULTILINE)
 
 
-def dagster_yaml(home: Path) -> str:
-    """The embedded instance's config for this DAGSTER_HOME (its event log path is absolute)."""
-    runs = Path(home).resolve() / "history" / "runs"
-    return DAGSTER_YAML.format(runs_dir=json.dumps(str(runs)))
+class RelocatedInstanceError(RuntimeError):
+    """A dagster.yaml that names another folder's event log: refuse rather than write there."""
+
+
+def dagster_yaml(home: Path | None = None) -> str:
+    """The embedded instance's config: no absolute paths, so its folder can move.
+
+    With `home`, the event log's path is written absolute instead: only for an instance opened by
+    folder (`DagsterInstance.from_config(home)`) in a process whose DAGSTER_HOME is elsewhere.
+    """
+    if home is None:
+        return DAGSTER_YAML.format(runs_dir=RUNS_DIR)
+    return DAGSTER_YAML.format(runs_dir=json.dumps(str(Path(home).resolve() / RUNS_DIR)))
 
 
 def ensure_dagster_home(root: Path) -> Path:
-    """Use DAGSTER_HOME if set, else `.ml_platform/dagster_home`, creating it with a config."""
+    """Use DAGSTER_HOME if set, else `.ml_platform/dagster_home`, creating it with a config.
+
+    A config written by an earlier version holds the event log's absolute path: if that is the
+    file we generated, it is rewritten to the relative form (the events are in this folder's
+    `history/runs` either way when it was moved or copied whole); a hand-edited config that
+    points outside this DAGSTER_HOME is refused with the paths named.
+    """
     home = dagster_home_from_env() or Path(root) / ".ml_platform" / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text(
-            DAGSTER_YAML.format(runs_dir=json.dumps(str(home.resolve() / "history" / "runs")))
-        )
+        config.write_text(dagster_yaml())
+    else:
+        _upgrade_absolute_event_log(config, home)
     os.environ["DAGSTER_HOME"] = str(home.resolve())
     return home
+
+
+def _upgrade_absolute_event_log(config: Path, home: Path) -> None:
+    text = config.read_text()
+    match = _ABSOLUTE_BASE_DIR.search(text)
+    if match is None:
+        return
+    old = Path(json.loads(match.group(1)))
+    if not old.is_absolute():
+        return
+    if text == DAGSTER_YAML.format(runs_dir=match.group(1)):  # ours, as an earlier version wrote it
+        config.write_text(dagster_yaml())
+        return
+    here = (home / RUNS_DIR).resolve()
+    if old.resolve() != here:
+        raise RelocatedInstanceError(
+            f"{config} keeps its event log in {old}, outside this instance ({here}): the "
+            f"project was moved or copied. Set `base_dir: {RUNS_DIR}` (relative to "
+            "DAGSTER_HOME) to use this folder's history."
+        )
 
 
 _TUNED = False

@@ -38,6 +38,15 @@ def mlflow_uri(root: Path) -> str:
     )
 
 
+def mlflow_artifact_root(root: Path) -> str:
+    """Where new experiments keep artifacts: `.ml_platform/mlartifacts` by default; "" (the
+    server's choice, `mlflow-artifacts:/`) when MLFLOW_TRACKING_URI names an MLflow server, so
+    clients upload through it and need no shared disk."""
+    if mlflow_uri(root).startswith(("http://", "https://")):
+        return ""
+    return str(Path(root) / ".ml_platform" / "mlartifacts")
+
+
 def online_store_url(root: Path) -> str:
     """`ML_PLATFORM_ONLINE_STORE_URL` (e.g. `redis://127.0.0.1:6379/0`) or SQLite under the root."""
     return os.environ.get(ONLINE_STORE_URL_ENV) or (
@@ -87,3 +96,57 @@ def use_passive_openmp() -> None:
     on a busy 2-core machine that turned a 0.3 s fit into minutes. It must be set before OpenMP
     loads; an operator's own value wins."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+# Production profile (ml_platform/production.py, deploy/). Dagster reads the DAGSTER_PG_* variables
+# itself through deploy/dagster.postgres.yaml; these functions give the same values to our helpers.
+DAGSTER_PG_ENV = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD")
+
+
+def postgres_server() -> dict[str, str]:
+    """Where PostgreSQL is (`DAGSTER_PG_HOST`, `_PORT`, `_USER`, `_PASSWORD`); local by default."""
+    return {
+        "host": os.environ.get("DAGSTER_PG_HOST", "127.0.0.1"),
+        "port": os.environ.get("DAGSTER_PG_PORT", "5432"),
+        "user": os.environ.get("DAGSTER_PG_USER", "postgres"),
+        "password": os.environ.get("DAGSTER_PG_PASSWORD", ""),
+    }
+
+
+EXECUTOR_ENV = "ML_PLATFORM_EXECUTOR"
+EXECUTORS = ("in_process", "multiprocess", "celery")
+CELERY_BROKER_ENV = "ML_PLATFORM_CELERY_BROKER"
+DEFAULT_CELERY_BROKER = "pyamqp://guest@127.0.0.1:5672//"
+CELERY_QUEUE_ENV = "ML_PLATFORM_CELERY_QUEUE"
+MAX_PARTITIONS_PER_RUN_ENV = "ML_PLATFORM_MAX_PARTITIONS_PER_RUN"
+
+
+def executor_name() -> str:
+    """`ML_PLATFORM_EXECUTOR`: `in_process` (embedded default), `multiprocess`, or `celery`
+    (steps on dagster-celery workers; needs a persistent instance, PostgreSQL in production)."""
+    name = os.environ.get(EXECUTOR_ENV) or "in_process"
+    if name not in EXECUTORS:
+        raise ValueError(f"{EXECUTOR_ENV}={name!r}: expected one of {', '.join(EXECUTORS)}")
+    return name
+
+
+def celery_broker_set() -> bool:
+    """Whether `ML_PLATFORM_CELERY_BROKER` names the broker (else the local RabbitMQ, as guest)."""
+    return bool(os.environ.get(CELERY_BROKER_ENV))
+
+
+def celery_queue() -> str:
+    """`ML_PLATFORM_CELERY_QUEUE`: the queue steps are sent to and workers listen on."""
+    return os.environ.get(CELERY_QUEUE_ENV) or "dagster"
+
+
+def max_partitions_per_run() -> int | None:
+    """`ML_PLATFORM_MAX_PARTITIONS_PER_RUN`: backfills of daily assets split into runs of at most
+    this many days, so several workers share them; unset keeps one run per backfill (embedded
+    default, fastest on one process). A single new day is one run either way."""
+    value = os.environ.get(MAX_PARTITIONS_PER_RUN_ENV)
+    if not value:
+        return None
+    if int(value) < 1:
+        raise ValueError(f"{MAX_PARTITIONS_PER_RUN_ENV} must be at least 1, got {value}")
+    return int(value)

@@ -17,6 +17,7 @@ from ml_platform.core.features import build_features, encode_by_day
 from ml_platform.core.storage import encode_frame, md5_bytes
 from ml_platform.resources.online_store import OnlineStore
 from ml_platform.resources.platform import PlatformPaths
+from ml_platform.settings import max_partitions_per_run
 from ml_platform.specs import PipelineSpec
 
 CONTRACT_CHECK = "contract"
@@ -26,12 +27,19 @@ def asset_key(spec: PipelineSpec, stage: str) -> dg.AssetKey:
     return dg.AssetKey([spec.name, stage])
 
 
+def backfill_policy() -> dg.BackfillPolicy:
+    """One run per backfill (embedded default), or runs of `ML_PLATFORM_MAX_PARTITIONS_PER_RUN`
+    days that several workers share. A new day is one small run under both."""
+    size = max_partitions_per_run()
+    return dg.BackfillPolicy.multi_run(size) if size else dg.BackfillPolicy.single_run()
+
+
 def build_ingest_assets(
     spec: PipelineSpec, partitions: dg.PartitionsDefinition
 ) -> list[dg.AssetsDefinition]:
     common = {
         "partitions_def": partitions,
-        "backfill_policy": dg.BackfillPolicy.single_run(),
+        "backfill_policy": backfill_policy(),
         "group_name": spec.name,
     }
     raw_key, validated_key = asset_key(spec, "raw"), asset_key(spec, "validated")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 
-from ml_platform.assets.ingest import asset_key
+from ml_platform.assets.ingest import asset_key, backfill_policy
 from ml_platform.assets.results import frame_output, partitioned_output
 from ml_platform.core import training
 from ml_platform.core.features import encode_by_day
@@ -195,7 +195,7 @@ def build_modeling_assets(
         deps=[promotion_key],
         partitions_def=partitions,
         group_name=name,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=backfill_policy(),
         io_manager_key="parquet_io",
         output_required=False,
         kinds={"pandas", "parquet"},

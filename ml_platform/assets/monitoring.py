@@ -11,7 +11,7 @@ import dagster as dg
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
-from ml_platform.assets.ingest import asset_key
+from ml_platform.assets.ingest import asset_key, backfill_policy
 from ml_platform.assets.modeling import HOLDOUT_LOSS_TAG
 from ml_platform.assets.results import partition_dates, partitioned_output
 from ml_platform.core import training
@@ -57,7 +57,7 @@ def build_monitoring_assets(
     @dg.asset(
         key=key,
         partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=backfill_policy(),
         group_name=spec.name,
         io_manager_key="parquet_io",
         output_required=False,

@@ -47,7 +47,8 @@ class ModelRegistry(dg.ConfigurableResource):
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
-        location = Path(self.artifact_root, name).resolve().as_uri()
+        # "" leaves the location to the tracking server (`mlflow-artifacts:/`, served by it).
+        location = Path(self.artifact_root, name).resolve().as_uri() if self.artifact_root else None
         try:
             return client.create_experiment(name, artifact_location=location)
         except MlflowException:  # created concurrently by another process

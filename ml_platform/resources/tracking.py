@@ -23,7 +23,8 @@ def mlflow_tracking(context: dg.InitResourceContext) -> MlFlow:
     client = MlflowClient(tracking_uri=config["mlflow_tracking_uri"])
     name = config["experiment_name"]
     if client.get_experiment_by_name(name) is None:
-        location = Path(config["artifact_root"], name).resolve().as_uri()
+        root = config["artifact_root"]  # "" leaves it to the tracking server (artifacts served)
+        location = Path(root, name).resolve().as_uri() if root else None
         try:
             client.create_experiment(name, artifact_location=location)
         except Exception:
