@@ -73,7 +73,6 @@ class ColumnContract(_Strict):
     isin: list[Any] | None = None
     """The only allowed values."""
 
-
     @field_validator("pattern")
     @classmethod
     def _regex(cls, value: str | None) -> str | None:
