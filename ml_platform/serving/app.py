@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from ml_platform.serving.batching import (
     BatchPredictor,
@@ -32,7 +32,7 @@ from ml_platform.serving.feature_store import StoreUnavailableError, open_featur
 from ml_platform.serving.loader import registry_client
 from ml_platform.serving.metrics import ServingMetrics
 from ml_platform.serving.prediction_log import PredictionLog
-from ml_platform.serving.requests import RequestError, RequestParser
+from ml_platform.serving.requests import RequestError, RequestParser, request_id
 from ml_platform.specs import PipelineSpec
 
 log = logging.getLogger("ml_platform.serving")
@@ -112,7 +112,7 @@ def create_app(
     @app.post("/v1/{pipeline}/predict")
     async def predict(pipeline: str, request: Request) -> Response:
         started = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        rid = request_id(request.headers.get("x-request-id"))
         target = served.get(pipeline)
         if target is None:
             metrics.client_error("unknown", 404)
@@ -123,24 +123,28 @@ def create_app(
                     "pipelines": sorted(served),
                 },
                 404,
-                request_id,
+                rid,
             )
         try:
-            entities = target.parser.parse(await request.body())
-            predictions = await target.submit(PredictJob(entities, request_id))
+            entities = target.parser.parse(await target.parser.read_body(request))
+            predictions = await target.submit(PredictJob(entities, rid))
+        except ClientDisconnect:
+            # Nobody is left to answer: one plain line, not an unhandled error with a traceback.
+            log.info("client disconnected before its /%s/predict body was read (%s)", pipeline, rid)
+            return Response(status_code=499)
         except RequestError as exc:
             metrics.client_error(pipeline, exc.status)
-            return json_response(exc.payload(), exc.status, request_id)
+            return json_response(exc.payload(), exc.status, rid)
         except UnknownEntitiesError as exc:
             metrics.client_error(pipeline, 404)
-            return json_response(exc.payload(), 404, request_id)
+            return json_response(exc.payload(), 404, rid)
         except (NotReadyError, StoreUnavailableError) as exc:
-            return json_response({"error": "not_ready", "detail": str(exc)}, 503, request_id)
+            return json_response({"error": "not_ready", "detail": str(exc)}, 503, rid)
         metrics.observe_latency(pipeline, predictions, time.perf_counter() - started)
         return json_response(
-            {"pipeline": pipeline, "request_id": request_id, "predictions": predictions},
+            {"pipeline": pipeline, "request_id": rid, "predictions": predictions},
             200,
-            request_id,
+            rid,
         )
 
     @app.get("/healthz")
