@@ -160,7 +160,16 @@ def create_app(
         ready = all(p.slots.ready for p in served.values()) and any(
             p.slots.snapshot.champion is not None for p in served.values()
         )
-        return json_response({"ready": ready, "pipelines": states}, 200 if ready else 503)
+        try:  # a store that cannot be read fails every request: not ready
+            await asyncio.get_running_loop().run_in_executor(None, store.probe)
+            store_state = {"ok": True}
+        except Exception as exc:
+            ready = False
+            store_state = {"ok": False, "error": str(exc)}
+        return json_response(
+            {"ready": ready, "pipelines": states, "online_store": store_state},
+            200 if ready else 503,
+        )
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

@@ -1,5 +1,5 @@
 """The serving app's limits, driven in process through raw ASGI calls (no sockets, no models):
-body size, request ids, clients that go away."""
+body size, request ids, clients that go away, readiness."""
 
 from __future__ import annotations
 
@@ -11,20 +11,27 @@ from pathlib import Path
 
 import pytest
 
+from ml_platform.serving import deployment
 from ml_platform.serving.app import create_app
+from ml_platform.serving.deployment import LoadedModel, ModelSlots, Snapshot
+from ml_platform.serving.feature_store import SqliteFeatureStore, StoreUnavailableError
 from ml_platform.serving.requests import RequestParser, request_id
 
 CHUNK = 64 * 1024
 
 
-@pytest.fixture
-def app(tmp_path: Path, spec):
+def make_app(root: Path, spec, store: Path):
     return create_app(
-        tmp_path,
+        root,
         [spec],
         "http://127.0.0.1:9",  # never called: the lifespan (registry polling) is not run
-        f"sqlite:///{tmp_path / 'online.sqlite'}",
+        f"sqlite:///{store}",
     )
+
+
+@pytest.fixture
+def app(tmp_path: Path, spec):
+    return make_app(tmp_path, spec, tmp_path / "online.sqlite")
 
 
 class Call:
@@ -49,12 +56,12 @@ class Call:
     async def send(self, message: dict) -> None:
         self.messages.append(message)
 
-    def run(self, app, path: str, headers: dict[str, str]) -> None:
+    def run(self, app, path: str, headers: dict[str, str], method: str = "POST") -> None:
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
             "http_version": "1.1",
-            "method": "POST",
+            "method": method,
             "scheme": "http",
             "path": path,
             "raw_path": path.encode(),
@@ -164,3 +171,79 @@ def test_a_client_that_disconnects_mid_body_is_one_plain_log_line(
     assert problems == []
     lines = [r for r in caplog.records if "disconnected" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.INFO
+
+
+class FakeRegistry:
+    """Just enough of MlflowClient for `ModelSlots.refresh`."""
+
+    def __init__(self) -> None:
+        self.aliases: dict[str, str] = {}
+
+    def get_registered_model(self, name: str):
+        return type("Registered", (), {"aliases": dict(self.aliases), "tags": {}})()
+
+
+def test_readyz_clears_the_load_error_once_the_champion_is_back_on_a_good_version(
+    spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def load_version(client, name, version, trusted):
+        if version == "2":
+            raise ValueError("v2 is corrupt")
+        return object()
+
+    monkeypatch.setattr(deployment, "load_version", load_version)
+    registry = FakeRegistry()
+    slots = ModelSlots(spec, registry)
+    registry.aliases = {"champion": "1"}
+    assert slots.refresh() and slots.last_error is None
+    registry.aliases = {"champion": "2"}
+    assert not slots.refresh()  # v2 fails to load: v1 keeps serving
+    assert slots.snapshot.champion.version == 1
+    assert "v2 is corrupt" in slots.last_error
+    registry.aliases = {"champion": "1"}  # moved back: v1 is still loaded, nothing to reload
+    slots.refresh()
+    assert slots.snapshot.champion.version == 1
+    assert slots.last_error is None
+    registry.aliases = {"champion": "1", "canary": "2"}
+    slots.refresh()
+    assert "(canary)" in slots.last_error and slots.snapshot.canary is None
+
+
+def readyz(app) -> tuple[int, dict]:
+    call = Call([b""])
+    call.run(app, "/readyz", {}, method="GET")
+    return call.status, call.json()
+
+
+def with_champion(app):
+    for served in app.state.served.values():
+        served.slots.snapshot = Snapshot(champion=LoadedModel(version=1, model=object()))
+    return app
+
+
+def test_readyz_is_503_when_the_online_store_cannot_be_read(tmp_path: Path, spec) -> None:
+    good = tmp_path / "good.sqlite"
+    SqliteFeatureStore(good).close()  # a writer creates the table
+    status, body = readyz(with_champion(make_app(tmp_path / "a", spec, good)))
+    assert status == 200 and body["online_store"] == {"ok": True}
+
+    corrupt = tmp_path / "corrupt.sqlite"
+    corrupt.write_bytes(b"this is not a database" * 1000)
+    status, body = readyz(with_champion(make_app(tmp_path / "b", spec, corrupt)))
+    assert status == 503 and body["ready"] is False
+    assert body["online_store"]["ok"] is False
+    assert "cannot be read" in body["online_store"]["error"]
+
+    status, body = readyz(with_champion(make_app(tmp_path / "c", spec, tmp_path / "none.sqlite")))
+    assert status == 503 and "does not exist yet" in body["online_store"]["error"]
+
+
+def test_a_corrupt_store_is_unavailable_not_an_internal_error(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.sqlite"
+    corrupt.write_bytes(b"\x00garbage" * 1000)
+    store = SqliteFeatureStore(corrupt, read_only=True)
+    try:
+        with pytest.raises(StoreUnavailableError, match="cannot be read"):
+            store.get("sales_forecast", ["S0001|P01"])
+    finally:
+        store.close()
