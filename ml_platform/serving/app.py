@@ -80,6 +80,7 @@ def create_app(
     tracking_uri: str,
     online_store_url: str,
     reload_seconds: float = 5.0,
+    body_timeout_seconds: float = 10.0,
 ) -> FastAPI:
     """The serving app for `specs`; state lives under `root/.ml_platform/serving`."""
     client = registry_client(tracking_uri)
@@ -126,12 +127,30 @@ def create_app(
                 rid,
             )
         try:
-            entities = target.parser.parse(await target.parser.read_body(request))
+            async with asyncio.timeout(body_timeout_seconds):
+                raw = await target.parser.read_body(request)
+            entities = target.parser.parse(raw)
             predictions = await target.submit(PredictJob(entities, rid))
         except ClientDisconnect:
             # Nobody is left to answer: one plain line, not an unhandled error with a traceback.
             log.info("client disconnected before its /%s/predict body was read (%s)", pipeline, rid)
             return Response(status_code=499)
+        except TimeoutError:
+            metrics.client_error(pipeline, 408)
+            log.info(
+                "a /%s/predict body took over %ss to arrive (%s)",
+                pipeline,
+                body_timeout_seconds,
+                rid,
+            )
+            return json_response(
+                {
+                    "error": "request_timeout",
+                    "detail": f"the body did not arrive within {body_timeout_seconds}s",
+                },
+                408,
+                rid,
+            )
         except RequestError as exc:
             metrics.client_error(pipeline, exc.status)
             return json_response(exc.payload(), exc.status, rid)
@@ -190,6 +209,7 @@ def create_app_from_env() -> FastAPI:
         default_root,
         mlflow_uri,
         online_store_url,
+        serve_body_timeout_seconds,
         serve_reload_seconds,
         spec_dir_from_env,
     )
@@ -206,6 +226,7 @@ def create_app_from_env() -> FastAPI:
         mlflow_uri(root),
         online_store_url(root),
         serve_reload_seconds(),
+        serve_body_timeout_seconds(),
     )
 
 

@@ -247,3 +247,44 @@ def test_a_corrupt_store_is_unavailable_not_an_internal_error(tmp_path: Path) ->
             store.get("sales_forecast", ["S0001|P01"])
     finally:
         store.close()
+
+
+def test_a_body_that_trickles_in_is_cut_with_408(tmp_path: Path, spec) -> None:
+    app = create_app(
+        tmp_path,
+        [spec],
+        "http://127.0.0.1:9",
+        f"sqlite:///{tmp_path / 'online.sqlite'}",
+        body_timeout_seconds=0.3,
+    )
+
+    class Trickle(Call):
+        async def receive(self) -> dict:
+            await asyncio.sleep(0.05)  # one byte every 50 ms, forever
+            return await super().receive()
+
+    call = Trickle(endless(b"{"))
+    call.run(app, "/v1/sales_forecast/predict", {"content-length": "1000"})
+    assert call.status == 408
+    assert call.json()["error"] == "request_timeout"
+    assert 3 <= call.pulled <= 8
+
+
+def test_serve_passes_uvicorn_real_options_with_a_keep_alive_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inspect
+
+    import uvicorn
+
+    from ml_platform.serving import server
+
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
+    for name in ("ML_PLATFORM_ROOT", "PROMETHEUS_MULTIPROC_DIR", "OMP_NUM_THREADS"):
+        monkeypatch.setenv(name, "")  # restored after the test: serve() sets them
+    for name in ("ML_PLATFORM_SERVE_RELOAD_SECONDS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, "")
+    server.serve(tmp_path, port=18123, workers=1)
+    assert seen["timeout_keep_alive"] == server.KEEP_ALIVE_SECONDS <= 5
+    assert set(seen) <= set(inspect.signature(uvicorn.Config).parameters)
