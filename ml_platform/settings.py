@@ -17,6 +17,7 @@ SERVING_URL_ENV = "ML_PLATFORM_SERVING_URL"
 DEFAULT_SERVING_URL = "http://127.0.0.1:8000"
 ALERT_WEBHOOK_ENV = "ML_PLATFORM_ALERT_WEBHOOK"
 SERVE_RELOAD_SECONDS_ENV = "ML_PLATFORM_SERVE_RELOAD_SECONDS"
+SERVE_BODY_TIMEOUT_ENV = "ML_PLATFORM_SERVE_BODY_TIMEOUT_SECONDS"
 PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it too
 
 
@@ -67,6 +68,12 @@ def alert_webhook_url() -> str | None:
 def serve_reload_seconds() -> float:
     """`ML_PLATFORM_SERVE_RELOAD_SECONDS`: how often a serving worker checks the aliases."""
     return float(os.environ.get(SERVE_RELOAD_SECONDS_ENV, "5"))
+
+
+def serve_body_timeout_seconds() -> float:
+    """`ML_PLATFORM_SERVE_BODY_TIMEOUT_SECONDS`: how long a `/predict` body may take to arrive
+    before the request is refused with 408 (a client trickling bytes never holds a worker)."""
+    return float(os.environ.get(SERVE_BODY_TIMEOUT_ENV, "10"))
 
 
 def prometheus_multiproc_dir() -> str | None:

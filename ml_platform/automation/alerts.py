@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -163,14 +164,27 @@ def post_webhook(url: str, alert: Alert, timeout: float = WEBHOOK_TIMEOUT_SECOND
 
     The caller logs them: an unreachable webhook must not hide the alert already in the file.
     """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(f"the alert webhook must be an http(s) URL, not {parts.scheme or url!r}")
     request = urllib.request.Request(
         url,
         data=alert.to_json().encode(),
         headers={"Content-Type": "application/json", "User-Agent": "ml-platform-alerts"},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with _NO_REDIRECTS.open(request, timeout=timeout) as response:
         return int(response.status)
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx is an HTTPError: following it could turn the POST into a GET, or leave the host."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
 
 
 def deliver_alert(alert: Alert, root: Path, log: logging.Logger) -> bool:

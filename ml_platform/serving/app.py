@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from ml_platform.serving.batching import (
     BatchPredictor,
@@ -32,7 +32,7 @@ from ml_platform.serving.feature_store import StoreUnavailableError, open_featur
 from ml_platform.serving.loader import registry_client
 from ml_platform.serving.metrics import ServingMetrics
 from ml_platform.serving.prediction_log import PredictionLog
-from ml_platform.serving.requests import RequestError, RequestParser
+from ml_platform.serving.requests import RequestError, RequestParser, request_id
 from ml_platform.specs import PipelineSpec
 
 log = logging.getLogger("ml_platform.serving")
@@ -80,6 +80,7 @@ def create_app(
     tracking_uri: str,
     online_store_url: str,
     reload_seconds: float = 5.0,
+    body_timeout_seconds: float = 10.0,
 ) -> FastAPI:
     """The serving app for `specs`; state lives under `root/.ml_platform/serving`."""
     client = registry_client(tracking_uri)
@@ -112,7 +113,7 @@ def create_app(
     @app.post("/v1/{pipeline}/predict")
     async def predict(pipeline: str, request: Request) -> Response:
         started = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        rid = request_id(request.headers.get("x-request-id"))
         target = served.get(pipeline)
         if target is None:
             metrics.client_error("unknown", 404)
@@ -123,24 +124,46 @@ def create_app(
                     "pipelines": sorted(served),
                 },
                 404,
-                request_id,
+                rid,
             )
         try:
-            entities = target.parser.parse(await request.body())
-            predictions = await target.submit(PredictJob(entities, request_id))
+            async with asyncio.timeout(body_timeout_seconds):
+                raw = await target.parser.read_body(request)
+            entities = target.parser.parse(raw)
+            predictions = await target.submit(PredictJob(entities, rid))
+        except ClientDisconnect:
+            # Nobody is left to answer: one plain line, not an unhandled error with a traceback.
+            log.info("client disconnected before its /%s/predict body was read (%s)", pipeline, rid)
+            return Response(status_code=499)
+        except TimeoutError:
+            metrics.client_error(pipeline, 408)
+            log.info(
+                "a /%s/predict body took over %ss to arrive (%s)",
+                pipeline,
+                body_timeout_seconds,
+                rid,
+            )
+            return json_response(
+                {
+                    "error": "request_timeout",
+                    "detail": f"the body did not arrive within {body_timeout_seconds}s",
+                },
+                408,
+                rid,
+            )
         except RequestError as exc:
             metrics.client_error(pipeline, exc.status)
-            return json_response(exc.payload(), exc.status, request_id)
+            return json_response(exc.payload(), exc.status, rid)
         except UnknownEntitiesError as exc:
             metrics.client_error(pipeline, 404)
-            return json_response(exc.payload(), 404, request_id)
+            return json_response(exc.payload(), 404, rid)
         except (NotReadyError, StoreUnavailableError) as exc:
-            return json_response({"error": "not_ready", "detail": str(exc)}, 503, request_id)
+            return json_response({"error": "not_ready", "detail": str(exc)}, 503, rid)
         metrics.observe_latency(pipeline, predictions, time.perf_counter() - started)
         return json_response(
-            {"pipeline": pipeline, "request_id": request_id, "predictions": predictions},
+            {"pipeline": pipeline, "request_id": rid, "predictions": predictions},
             200,
-            request_id,
+            rid,
         )
 
     @app.get("/healthz")
@@ -156,7 +179,16 @@ def create_app(
         ready = all(p.slots.ready for p in served.values()) and any(
             p.slots.snapshot.champion is not None for p in served.values()
         )
-        return json_response({"ready": ready, "pipelines": states}, 200 if ready else 503)
+        try:  # a store that cannot be read fails every request: not ready
+            await asyncio.get_running_loop().run_in_executor(None, store.probe)
+            store_state = {"ok": True}
+        except Exception as exc:
+            ready = False
+            store_state = {"ok": False, "error": str(exc)}
+        return json_response(
+            {"ready": ready, "pipelines": states, "online_store": store_state},
+            200 if ready else 503,
+        )
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
@@ -177,6 +209,7 @@ def create_app_from_env() -> FastAPI:
         default_root,
         mlflow_uri,
         online_store_url,
+        serve_body_timeout_seconds,
         serve_reload_seconds,
         spec_dir_from_env,
     )
@@ -193,6 +226,7 @@ def create_app_from_env() -> FastAPI:
         mlflow_uri(root),
         online_store_url(root),
         serve_reload_seconds(),
+        serve_body_timeout_seconds(),
     )
 
 

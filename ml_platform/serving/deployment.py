@@ -90,10 +90,14 @@ class ModelSlots:
         aliases = registered.aliases or {}
         self.has_champion_alias = CHAMPION in aliases
         current = self.snapshot
-        champion = self._resolve(aliases.get(CHAMPION), current.champion, CHAMPION)
-        canary = self._resolve(aliases.get(CANARY), current.canary, CANARY)
+        errors: list[str] = []
+        champion = self._resolve(aliases.get(CHAMPION), current.champion, CHAMPION, errors)
+        canary = self._resolve(aliases.get(CANARY), current.canary, CANARY, errors)
         weight = canary_weight(registered.tags or {}, self.spec) if canary is not None else 0.0
         new = Snapshot(champion=champion, canary=canary, canary_weight=weight)
+        # What this refresh found, and only that: an alias moved back to a good version clears
+        # the error of the bad one, even when the good one was still loaded.
+        self.last_error = "; ".join(errors) or None
         if new == current:
             return False
         self.snapshot = new
@@ -101,7 +105,7 @@ class ModelSlots:
         return True
 
     def _resolve(
-        self, version: str | None, loaded: LoadedModel | None, alias: str
+        self, version: str | None, loaded: LoadedModel | None, alias: str, errors: list[str]
     ) -> LoadedModel | None:
         if version is None:
             return None
@@ -113,10 +117,9 @@ class ModelSlots:
             )
             checked = fitted_on(model, self.spec.feature_columns)
         except Exception as exc:  # keep serving what we have rather than nothing
-            self.last_error = f"could not load {self.spec.name} v{version} ({alias}): {exc}"
-            log.error(self.last_error)
+            errors.append(f"could not load {self.spec.name} v{version} ({alias}): {exc}")
+            log.error(errors[-1])
             return loaded if alias == CHAMPION else None
-        self.last_error = None
         return LoadedModel(version=int(version), model=model, columns_checked=checked)
 
 

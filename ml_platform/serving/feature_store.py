@@ -50,6 +50,9 @@ class FeatureStore(Protocol):
 
     def get(self, pipeline: str, entity_ids: list[str]) -> list[str | None]: ...
 
+    def probe(self) -> None:
+        """Raise `StoreUnavailableError` unless the store can be read right now (cheap)."""
+
     def close(self) -> None: ...
 
 
@@ -96,16 +99,34 @@ class SqliteFeatureStore:
                 raise StoreUnavailableError(
                     f"the online store {self.path} does not exist yet: materialise `features`"
                 )
-            for start in range(0, len(entity_ids), 900):  # SQLite's bound-parameter limit
-                chunk = entity_ids[start : start + 900]
-                found.update(
-                    self._conn.execute(
-                        "SELECT entity, row FROM features WHERE pipeline = ? AND entity IN "
-                        f"({','.join('?' * len(chunk))})",
-                        [pipeline, *chunk],
-                    ).fetchall()
-                )
+            try:
+                for start in range(0, len(entity_ids), 900):  # SQLite's bound-parameter limit
+                    chunk = entity_ids[start : start + 900]
+                    found.update(
+                        self._conn.execute(
+                            "SELECT entity, row FROM features WHERE pipeline = ? AND entity IN "
+                            f"({','.join('?' * len(chunk))})",
+                            [pipeline, *chunk],
+                        ).fetchall()
+                    )
+            except sqlite3.Error as exc:  # corrupt or unreadable: a 503 that says so, not a 500
+                raise StoreUnavailableError(
+                    f"the online store {self.path} cannot be read: {exc}"
+                ) from exc
         return [found.get(i) for i in entity_ids]
+
+    def probe(self) -> None:
+        with self._lock:
+            if self._open_reader() is None:
+                raise StoreUnavailableError(
+                    f"the online store {self.path} does not exist yet: materialise `features`"
+                )
+            try:
+                self._conn.execute("SELECT 1 FROM features LIMIT 1").fetchall()
+            except sqlite3.Error as exc:
+                raise StoreUnavailableError(
+                    f"the online store {self.path} cannot be read: {exc}"
+                ) from exc
 
     def close(self) -> None:
         if self._conn is not None:
@@ -141,6 +162,14 @@ class RedisFeatureStore:
         except redis.RedisError as exc:
             raise StoreUnavailableError(f"the Redis online store is unavailable: {exc}") from exc
         return [None if v is None else v.decode() for v in values]
+
+    def probe(self) -> None:
+        import redis
+
+        try:
+            self._client.ping()
+        except redis.RedisError as exc:
+            raise StoreUnavailableError(f"the Redis online store is unavailable: {exc}") from exc
 
     def clear(self, pipeline: str) -> None:
         self._client.delete(*self._keys(pipeline))

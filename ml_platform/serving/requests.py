@@ -7,14 +7,20 @@ of `5` into `"5"`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import re
+import uuid
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict
 
 from ml_platform.specs import PipelineSpec
 
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
 MAX_KEY_CHARS = 128
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 BYTES_PER_ENTITY = 512  # generous: a body larger than limit x this is refused unread
 
 
@@ -61,14 +67,36 @@ class RequestParser:
         limit = f"with 1 to {self.max_entities} entities"
         self.shape = '{"entities": [{' + example + "}, ...]} " + limit
 
+    def too_large(self, size: int | str) -> RequestError:
+        return RequestError(
+            413,
+            "too_large",
+            f"request body is {size} bytes; the limit is {self.max_bytes}"
+            f" ({self.max_entities} entities)",
+        )
+
+    async def read_body(self, request: Request) -> bytes:
+        """The body, refused with 413 before it is read when `Content-Length` is over the limit,
+        and as soon as the running total passes it when the length is unknown (chunked): never
+        more than the limit plus one chunk is held."""
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isascii() or not declared.isdigit():
+                raise RequestError(400, "bad_content_length", "Content-Length is not a number")
+            if int(declared) > self.max_bytes:
+                raise self.too_large(int(declared))
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > self.max_bytes:
+                raise self.too_large(f"over {self.max_bytes}")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     def parse(self, raw: bytes) -> list[dict[str, str]]:
         if len(raw) > self.max_bytes:
-            raise RequestError(
-                413,
-                "too_large",
-                f"request body is {len(raw)} bytes; the limit is {self.max_bytes}"
-                f" ({self.max_entities} entities)",
-            )
+            raise self.too_large(len(raw))
         try:
             entities = self.adapter.validate_json(raw)["entities"]
         except ValidationError as exc:
@@ -95,3 +123,11 @@ class RequestParser:
             for key in self.int_keys:  # one spelling per entity: "05" and 5 are the same hour
                 entity[key] = int(entity[key])
         return entities
+
+
+def request_id(header: str | None) -> str:
+    """The caller's `x-request-id` when it is short and plain (it is copied into every prediction
+    log record), else a fresh one."""
+    if header is not None and REQUEST_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex

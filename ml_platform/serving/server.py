@@ -8,6 +8,8 @@ from pathlib import Path
 
 from ml_platform.settings import PROMETHEUS_MULTIPROC_ENV, SERVE_RELOAD_SECONDS_ENV
 
+KEEP_ALIVE_SECONDS = 5
+
 
 def default_workers() -> int:
     """One worker per core: each is single-threaded (native pools are limited to 1 thread)."""
@@ -50,5 +52,8 @@ def serve(
         access_log=access_log,
         log_level="info",
         backlog=2048,
-        timeout_keep_alive=30,
+        # An idle keep-alive connection is closed after this; a /predict body that trickles in
+        # is cut by the app (ML_PLATFORM_SERVE_BODY_TIMEOUT_SECONDS, 408). uvicorn has no
+        # timeout for reading the request line and headers.
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
