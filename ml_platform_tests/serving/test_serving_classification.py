@@ -37,11 +37,15 @@ def client(churn_root: Path):
     from ml_platform.settings import mlflow_uri, online_store_url
 
     spec = load_spec(SPEC_DIR / "customer_churn.yaml", churn_root)
-    app = create_app(
-        churn_root, [spec], mlflow_uri(churn_root), online_store_url(churn_root), reload_seconds=60
-    )
-    with TestClient(app) as test_client:
-        yield test_client
+    # Inside the project's environment: another test in this worker may have left a tracking
+    # URI in the process environment, and `mlflow_uri` honours it.
+    with activated(churn_root):
+        uri, store = mlflow_uri(churn_root), online_store_url(churn_root)
+        app = create_app(churn_root, [spec], uri, store, reload_seconds=60)
+        with TestClient(app) as test_client:
+            ready = test_client.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            yield test_client
 
 
 def _latest(root: Path) -> pd.DataFrame:
