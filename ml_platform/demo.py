@@ -232,6 +232,7 @@ def _run(job, selection, partition: str | None = None, days: tuple[str, str] | N
     print(f"      run {result.run_id}{span} {outcome} in {elapsed:.1f}s", flush=True)
     if not result.success:
         _print_failure(result)
+        _alert(result)
     return result
 
 
@@ -303,10 +304,41 @@ def _specs(root: Path):
     return specs
 
 
-def _print_failure(result) -> None:
+def _step_failures(result) -> list[tuple[str, str]]:
+    """(step, message with its causes) for each failed step: a wrapper such as "Error occurred
+    while executing op" says nothing without what it wraps."""
+    failures = []
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data:
-            print(f"      {event.step_key}: {event.step_failure_data.error.message.strip()}")
+            error, lines = event.step_failure_data.error, []
+            while error is not None and len(lines) < 5:
+                lines.append(error.message.strip())
+                error = error.cause
+            failures.append((event.step_key or "run", "\n        caused by: ".join(lines)))
+    return failures
+
+
+def _print_failure(result) -> None:
+    for step, message in _step_failures(result):
+        print(f"      {step}: {message}")
+
+
+def _alert(result) -> None:
+    """The same alert a daemon-launched run gets: one line per run in the alert sink (and the
+    webhook), deduplicated by run id, so the failure sensor seeing this run later adds nothing."""
+    import logging
+
+    from ml_platform.automation.alerts import StepFailure, deliver_alert, run_failure_alert
+    from ml_platform.settings import default_root
+
+    alert = run_failure_alert(
+        job_name=result.dagster_run.job_name,
+        run_id=result.run_id,
+        step_failures=[StepFailure(step, message) for step, message in _step_failures(result)],
+        run_failure_message=None,
+        timestamp=time.time(),
+    )
+    deliver_alert(alert, default_root(), logging.getLogger("ml_platform"))
 
 
 def _print_summary(root: Path, spec, instance) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
+from ml_platform.automation.alerts import alerts_path
+from ml_platform.core.json_lines import read_json_lines
 from ml_platform.demo import contiguous_spans, materialize
 from ml_platform_tests.conftest import day, generate
 
@@ -42,3 +44,10 @@ def test_range_with_broken_days_ingests_the_good_ones(isolated_env, spec, capsys
     features = instance.get_materialized_partitions(dg.AssetKey([spec.name, "features"]))
     assert features == expected
     assert (landing / f"{unreadable}.csv").read_bytes() == b"\xff\xfe\x00garbage"  # untouched
+
+    # A failed CLI run raises the same alert a daemon-launched one does, once per run.
+    alerts = read_json_lines(alerts_path(root))
+    failed = [r for r in instance.get_run_records() if r.dagster_run.status.value == "FAILURE"]
+    assert sorted(a["run_id"] for a in alerts) == sorted(r.dagster_run.run_id for r in failed)
+    reasons = " ".join(a["reason"] for a in alerts)
+    assert unreadable in reasons and "missing required columns" in reasons
