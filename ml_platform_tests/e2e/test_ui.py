@@ -269,7 +269,13 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def ui(browser: Browser) -> Iterator[Page]:
+def ui(browser: Browser, server: DagsterDev) -> Iterator[Page]:
+    from playwright.sync_api import expect
+
+    # Every pipeline is its own code location (its own process): on a busy machine one can be
+    # reloading when a page opens, and then shows its assets as external. Wait until all load.
+    server.wait_ready()
+    expect.set_options(timeout=30_000)
     context = browser.new_context(viewport=PAGE)
     context.set_default_timeout(UI_TIMEOUT_MS)
     page = context.new_page()
