@@ -37,8 +37,8 @@ dev: install  ## Dagster UI + daemon on http://127.0.0.1:$(PORT)
 bench: install  ## benchmarks; figures are ratios against baselines run side by side
 	$(BIN)/python bench/pipeline.py
 
-lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+lint: install  ## ruff, and the import layers (pyproject.toml [tool.importlinter])
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .

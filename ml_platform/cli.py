@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
-import yaml
-
+from ml_platform.layout import StateLayout
 from ml_platform.specs import PipelineSpec, SpecError, load_spec
 
 
@@ -28,65 +26,25 @@ def _spec(name: str, root: Path) -> PipelineSpec:
     return load_spec(path, root)
 
 
-def _generate_defaults(root: Path, pipeline: str) -> dict:
-    params_path = root / "params.yaml"
-    params = yaml.safe_load(params_path.read_text()) if params_path.exists() else {}
-    return dict(((params or {}).get(pipeline) or {}).get("generate") or {})
-
-
-def _progress(label: str):
-    started = time.monotonic()
-
-    def report(done: int, total: int) -> None:
-        if done == total or done % max(1, total // 10) == 0:
-            rate = done / max(time.monotonic() - started, 1e-9)
-            print(f"  {label}: {done}/{total} ({rate:,.0f}/s)", flush=True)
-
-    return report
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
+    from ml_platform.generate import generate_landing
+
     root = Path.cwd()
-    spec = _spec(args.pipeline, root)
-    if spec.landing.generator is None:
-        raise SpecError(
-            f"pipeline {spec.name!r} has no synthetic data generator (landing.generator); "
-            f"put its daily CSV files into {spec.landing.directory}/YYYY-MM-DD.csv instead"
-        )
-    defaults = _generate_defaults(root, spec.name)
-    directory = Path(args.out) if args.out else root / spec.landing.directory
-    common = {
-        "start": args.start or spec.landing.start_date,
-        "days": args.days or defaults.get("days", 730),
-        "seed": args.seed if args.seed is not None else defaults.get("seed", 7),
-        "shift_from": args.shift_from,
-        "shift_strength": args.shift_strength,
-        "corrupt_fraction": args.corrupt_fraction,
-    }
-    if spec.landing.generator == "customer_churn":
-        from ml_platform.core import datagen_churn as generator
-
-        config = generator.ChurnConfig(
-            customers=args.customers or defaults.get("customers", 300), **common
-        )
-    else:
-        from ml_platform.core import datagen as generator
-
-        config = generator.GeneratorConfig(
-            stores=args.stores or defaults.get("stores", 20),
-            products=args.products or defaults.get("products", 1),
-            holidays=tuple(h for h in spec.features.holidays if len(h) == 5),
-            **common,
-        )
-    written = generator.write_landing_files(
-        config, directory, append=args.append, progress=_progress("landing files")
+    generate_landing(
+        root,
+        _spec(args.pipeline, root),
+        out=Path(args.out) if args.out else None,
+        start=args.start,
+        days=args.days,
+        seed=args.seed,
+        stores=args.stores,
+        products=args.products,
+        customers=args.customers,
+        append=args.append,
+        shift_from=args.shift_from,
+        shift_strength=args.shift_strength,
+        corrupt_fraction=args.corrupt_fraction,
     )
-    if written:
-        print(
-            f"wrote {len(written)} files to {directory} ({written[0].stem} .. {written[-1].stem})"
-        )
-    else:
-        print(f"nothing written to {directory}")
     return 0
 
 
@@ -181,12 +139,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_materialize(args: argparse.Namespace) -> int:
     """What `dvc repro` stages call: materialise assets as the UI would, over all landing days."""
-    from ml_platform.demo import _record_in_dvc, materialize
+    from ml_platform.runs import materialize, record_in_dvc
 
     root = Path.cwd()
     ok = materialize(root, _spec(args.pipeline, root), args.stages, partition=args.partition)
     if ok and args.record:
-        _record_in_dvc(root, "", [args.pipeline])
+        record_in_dvc(root, "", [args.pipeline])
     return 0 if ok else 1
 
 
@@ -228,7 +186,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     root = Path.cwd()
     home = ensure_dagster_home(root)
     # One code location per spec file found now (broken ones too: the UI shows their error).
-    workspace = root / ".ml_platform" / "workspace.yaml"
+    workspace = StateLayout(root).workspace
     write_atomically(
         workspace, workspace_yaml([p.stem for p in spec_dir_from_env().glob("*.yaml")])
     )

@@ -118,8 +118,10 @@ def _under_dagster_home(base_dir: str) -> str:
     so a moved or copied instance folder writes its own events, never the old folder's."""
     if os.path.isabs(base_dir):
         return base_dir
-    home = os.environ.get("DAGSTER_HOME")
-    if not home:
+    from ml_platform.settings import dagster_home_from_env
+
+    home = dagster_home_from_env()
+    if home is None:
         raise ValueError(f"event log base_dir {base_dir!r} is relative but DAGSTER_HOME is unset")
     return os.path.join(os.path.abspath(home), base_dir)
 

@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+from ml_platform.layout import StateLayout
 from ml_platform.settings import dagster_home_from_env, gc_freeze_enabled, sqlite_durable
 
 DAGSTER_YAML = """\
@@ -66,7 +67,7 @@ def ensure_dagster_home(root: Path) -> Path:
     `history/runs` either way when it was moved or copied whole); a hand-edited config that
     points outside this DAGSTER_HOME is refused with the paths named.
     """
-    home = dagster_home_from_env() or Path(root) / ".ml_platform" / "dagster_home"
+    home = dagster_home_from_env() or StateLayout(root).dagster_home
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ml_platform.layout import StateLayout
 from ml_platform.settings import postgres_server
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
@@ -272,9 +273,9 @@ def delete_celery_queue(queue: str) -> None:
     """Remove `queue` from the broker (tests use their own queue names)."""
     from kombu import Connection
 
-    from ml_platform.settings import CELERY_BROKER_ENV, DEFAULT_CELERY_BROKER
+    from ml_platform.settings import celery_broker_url
 
-    with Connection(os.environ.get(CELERY_BROKER_ENV) or DEFAULT_CELERY_BROKER) as conn:
+    with Connection(celery_broker_url()) as conn:
         conn.default_channel.queue_delete(queue)
 
 
@@ -295,24 +296,29 @@ def run_distributed_demo(root: Path, pipelines: list[str] | None = None, workers
     (no daemon needed: the daemon only serves sensors, schedules and the run queue).
     """
     from ml_platform.demo import run_demo
-    from ml_platform.settings import use_passive_openmp
+    from ml_platform.settings import (
+        CELERY_QUEUE_ENV,
+        MAX_PARTITIONS_PER_RUN_ENV,
+        ONLINE_STORE_URL_ENV,
+        dagster_pg_database,
+        operator_value,
+        use_passive_openmp,
+    )
 
     use_passive_openmp()
     root = Path(root).resolve()
-    state = root / ".ml_platform" / "production"
+    state = StateLayout(root).production
     logs = state / "logs"
     create_database(DAGSTER_DATABASE)
     home = write_postgres_instance(state / "dagster_home")
     env = {
-        **postgres_instance_env(os.environ.get("DAGSTER_PG_DB") or DAGSTER_DATABASE),
+        **postgres_instance_env(dagster_pg_database(DAGSTER_DATABASE)),
         "DAGSTER_HOME": str(home),
         "ML_PLATFORM_ROOT": str(root),
         "ML_PLATFORM_EXECUTOR": "celery",
-        "ML_PLATFORM_CELERY_QUEUE": os.environ.get("ML_PLATFORM_CELERY_QUEUE") or DEMO_QUEUE,
-        "ML_PLATFORM_MAX_PARTITIONS_PER_RUN": os.environ.get("ML_PLATFORM_MAX_PARTITIONS_PER_RUN")
-        or DEMO_BATCH_DAYS,
-        "ML_PLATFORM_ONLINE_STORE_URL": os.environ.get("ML_PLATFORM_ONLINE_STORE_URL")
-        or DEMO_REDIS,
+        CELERY_QUEUE_ENV: operator_value(CELERY_QUEUE_ENV) or DEMO_QUEUE,
+        MAX_PARTITIONS_PER_RUN_ENV: operator_value(MAX_PARTITIONS_PER_RUN_ENV) or DEMO_BATCH_DAYS,
+        ONLINE_STORE_URL_ENV: operator_value(ONLINE_STORE_URL_ENV) or DEMO_REDIS,
     }
     saved = apply_env(env)
     started: list[Service] = []

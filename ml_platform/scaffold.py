@@ -8,8 +8,6 @@ in sync with the shipped specs. No dagster import: the CLI stays fast.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import typing
 from pathlib import Path
 from typing import Literal
@@ -150,14 +148,12 @@ def json_schema_text() -> str:
 
 
 def write_atomically(path: Path, text: str) -> bool:
-    """Write `text` if it differs; temp file then rename. True when the file changed."""
+    """Write `text` if it differs (`atomic_write`: temp file then rename). True when it changed."""
+    from ml_platform.core.storage import atomic_write
+
     if path.exists() and path.read_text() == text:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, text.encode(), fsync=False)
     return True
 
 

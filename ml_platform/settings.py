@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ml_platform.layout import StateLayout
 from ml_platform.specs import SPEC_DIR
 
 ONLINE_STORE_URL_ENV = "ML_PLATFORM_ONLINE_STORE_URL"
@@ -34,9 +35,7 @@ def spec_dir_from_env() -> Path:
 
 def mlflow_uri(root: Path) -> str:
     """`MLFLOW_TRACKING_URI` in production; SQLite under `.ml_platform/` by default."""
-    return (
-        os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / '.ml_platform' / 'mlflow.db'}"
-    )
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{StateLayout(root).mlflow_db}"
 
 
 def mlflow_artifact_root(root: Path) -> str:
@@ -45,14 +44,12 @@ def mlflow_artifact_root(root: Path) -> str:
     clients upload through it and need no shared disk."""
     if mlflow_uri(root).startswith(("http://", "https://")):
         return ""
-    return str(Path(root) / ".ml_platform" / "mlartifacts")
+    return str(StateLayout(root).mlartifacts)
 
 
 def online_store_url(root: Path) -> str:
     """`ML_PLATFORM_ONLINE_STORE_URL` (e.g. `redis://127.0.0.1:6379/0`) or SQLite under the root."""
-    return os.environ.get(ONLINE_STORE_URL_ENV) or (
-        f"sqlite:///{Path(root) / '.ml_platform' / 'online_store.sqlite'}"
-    )
+    return os.environ.get(ONLINE_STORE_URL_ENV) or (f"sqlite:///{StateLayout(root).online_store}")
 
 
 def serving_url() -> str:
@@ -140,6 +137,22 @@ def executor_name() -> str:
 def celery_broker_set() -> bool:
     """Whether `ML_PLATFORM_CELERY_BROKER` names the broker (else the local RabbitMQ, as guest)."""
     return bool(os.environ.get(CELERY_BROKER_ENV))
+
+
+def celery_broker_url() -> str:
+    """`ML_PLATFORM_CELERY_BROKER`, else the local RabbitMQ as guest."""
+    return os.environ.get(CELERY_BROKER_ENV) or DEFAULT_CELERY_BROKER
+
+
+def dagster_pg_database(default: str) -> str:
+    """`DAGSTER_PG_DB`: the Dagster instance's PostgreSQL database."""
+    return os.environ.get("DAGSTER_PG_DB") or default
+
+
+def operator_value(name: str) -> str | None:
+    """An operator's own value of one of the variables above (unset or empty: None), for the
+    distributed demo, which keeps it and otherwise sets its own default."""
+    return os.environ.get(name) or None
 
 
 def celery_queue() -> str:

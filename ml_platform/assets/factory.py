@@ -7,11 +7,8 @@ import dagster as dg
 from ml_platform.assets.ingest import build_ingest_assets
 from ml_platform.assets.modeling import build_modeling_assets
 from ml_platform.assets.monitoring import build_monitoring_assets
+from ml_platform.resources.keys import daily_partitions
 from ml_platform.specs import PipelineSpec
-
-
-def daily_partitions(spec: PipelineSpec) -> dg.DailyPartitionsDefinition:
-    return dg.DailyPartitionsDefinition(start_date=spec.landing.start_date.isoformat())
 
 
 def build_pipeline_assets(spec: PipelineSpec) -> list[dg.AssetsDefinition]:

@@ -15,16 +15,13 @@ from ml_platform.core.contracts import (
 )
 from ml_platform.core.features import build_features, encode_by_day
 from ml_platform.core.storage import encode_frame, md5_bytes
+from ml_platform.resources.keys import asset_key
 from ml_platform.resources.online_store import OnlineStore
 from ml_platform.resources.platform import PlatformPaths
 from ml_platform.settings import max_partitions_per_run
 from ml_platform.specs import PipelineSpec
 
 CONTRACT_CHECK = "contract"
-
-
-def asset_key(spec: PipelineSpec, stage: str) -> dg.AssetKey:
-    return dg.AssetKey([spec.name, stage])
 
 
 def backfill_policy() -> dg.BackfillPolicy:

@@ -11,34 +11,31 @@ import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 
-from ml_platform.assets.ingest import asset_key, backfill_policy
+from ml_platform.assets.ingest import backfill_policy
 from ml_platform.assets.results import frame_output, partitioned_output
 from ml_platform.core import training
 from ml_platform.core.features import encode_by_day
 from ml_platform.core.promotion import decide
 from ml_platform.core.storage import encode_frame
-from ml_platform.resources.audit import record_alias_change
-from ml_platform.resources.dvc import DvcLedger
-from ml_platform.resources.platform import PlatformPaths, git_commit, source_hash
-from ml_platform.resources.registry import (
+from ml_platform.names import (
     CANARY,
     CHALLENGER,
     CHAMPION,
     FINGERPRINT_TAG,
+    HOLDOUT_LOSS_TAG,
     PREVIOUS,
-    REFERENCE_ARTIFACT,
-    ModelRegistry,
+    tracking_key,
 )
+from ml_platform.resources.audit import record_alias_change
+from ml_platform.resources.dvc import DvcLedger
+from ml_platform.resources.keys import asset_key
+from ml_platform.resources.platform import PlatformPaths, git_commit, source_hash
+from ml_platform.resources.registry import REFERENCE_ARTIFACT, ModelRegistry
 from ml_platform.serving.canary_release import release_canary
 from ml_platform.specs import PipelineSpec
 
 REFERENCE_ROWS = 50_000
-HOLDOUT_LOSS_TAG = "holdout_loss"  # the per-row loss concept drift compares against
 LOSS_LABEL = {"mae": "MAE", "log_loss": "log loss"}
-
-
-def tracking_key(spec: PipelineSpec) -> str:
-    return f"mlflow_{spec.name}"
 
 
 def build_modeling_assets(

@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ml_platform.core.json_lines import append_json_line, iso_time
+from ml_platform.layout import StateLayout
+from ml_platform.names import JOB_SUFFIXES
 from ml_platform.settings import ALERT_WEBHOOK_ENV, alert_webhook_url
 
-ALERTS_FILE = "alerts.jsonl"
-JOB_SUFFIXES = ("_ingest", "_training")
 MAX_REASON_CHARS = 4000  # one line stays readable and one write() stays small
 DEDUPE_TAIL_BYTES = 1 << 20  # a repeated alert can only concern a recent run
 WEBHOOK_TIMEOUT_SECONDS = 5.0
@@ -51,7 +51,7 @@ class Alert:
 
 
 def alerts_path(root: Path) -> Path:
-    return Path(root) / ".ml_platform" / ALERTS_FILE
+    return StateLayout(root).alerts
 
 
 def pipeline_of(job_name: str | None, asset_keys: Iterable[str] = ()) -> str:

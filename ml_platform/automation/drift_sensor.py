@@ -20,21 +20,23 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from ml_platform.automation.jobs import training_job_name
-from ml_platform.automation.schedules import PIPELINE_TAG, TRIGGER_TAG
+from ml_platform.names import (
+    DRIFT_PARTITION_TAG,
+    DRIFT_REPORT_TAG,
+    DRIFT_SHARE_TAG,
+    PIPELINE_TAG,
+    TRIGGER_TAG,
+    drift_sensor_name,
+    training_job_name,
+)
+from ml_platform.resources.keys import asset_key
 from ml_platform.specs import PipelineSpec
 
-DRIFT_REPORT_TAG = "ml_platform/drift_report_storage_id"
-DRIFT_PARTITION_TAG = "ml_platform/drift_report_partition"
 MAX_DRIFT_EVENTS_PER_TICK = 1000
 
 
-def drift_sensor_name(spec: PipelineSpec) -> str:
-    return f"{spec.name}_drift_sensor"
-
-
 def drift_report_key(spec: PipelineSpec) -> dg.AssetKey:
-    return dg.AssetKey([spec.name, "drift_report"])
+    return asset_key(spec, "drift_report")
 
 
 def is_drift(metadata: Mapping[str, dg.MetadataValue]) -> bool:
@@ -102,7 +104,7 @@ def evaluate_drift(context: dg.SensorEvaluationContext, spec: PipelineSpec) -> d
         DRIFT_PARTITION_TAG: str(report.asset_materialization.partition),
     }
     if share is not None:
-        tags["ml_platform/drift_share"] = f"{float(share):.3f}"
+        tags[DRIFT_SHARE_TAG] = f"{float(share):.3f}"
     context.log.info(f"drift in report {report.storage_id}: requesting a retraining run")
     request = dg.RunRequest(run_key=f"drift_report:{report.storage_id}", tags=tags)
     return dg.SensorResult(run_requests=[request], cursor=cursor)

@@ -19,10 +19,9 @@ from ml_platform.automation.alerts import (
     error_text,
     run_failure_alert,
 )
+from ml_platform.names import FAILURE_SENSOR_NAME
 from ml_platform.resources.platform import default_root
 from ml_platform.settings import ALERT_WEBHOOK_ENV
-
-FAILURE_SENSOR_NAME = "ml_platform_run_failure_alerts"
 
 
 def _step_asset_keys(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict[str, list[str]]:

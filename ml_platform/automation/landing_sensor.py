@@ -30,18 +30,22 @@ from pathlib import Path
 
 import dagster as dg
 
-from ml_platform.assets.factory import daily_partitions
 from ml_platform.automation.alerts import deliver_alert, skipped_file_alert
-from ml_platform.automation.jobs import ingest_job_name
-from ml_platform.automation.schedules import PIPELINE_TAG, TRIGGER_TAG
 from ml_platform.core.contracts import LandingFileError, open_landing_file
+from ml_platform.names import (
+    LANDING_COUNT_TAG,
+    LANDING_MD5_TAG,
+    PIPELINE_TAG,
+    RANGE_END,
+    RANGE_START,
+    TRIGGER_TAG,
+    ingest_job_name,
+    landing_sensor_name,
+)
+from ml_platform.resources.keys import asset_key, daily_partitions
 from ml_platform.resources.platform import PlatformPaths
 from ml_platform.specs import PipelineSpec
 
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
-LANDING_MD5_TAG = "ml_platform/landing_md5"
-LANDING_COUNT_TAG = "ml_platform/landing_files"
 # A backfill drop becomes one run per contiguous run of days; this bounds the runs per tick. The
 # remainder waits for the next tick (its files stay out of the cursor).
 MAX_RANGES_PER_TICK = 4
@@ -50,12 +54,8 @@ MAX_RANGES_PER_TICK = 4
 LANDING_NAME = re.compile(r"(\d{4})-(\d{2})-(\d{2})\.csv", re.ASCII)
 
 
-def landing_sensor_name(spec: PipelineSpec) -> str:
-    return f"{spec.name}_landing_sensor"
-
-
 def raw_key(spec: PipelineSpec) -> dg.AssetKey:
-    return dg.AssetKey([spec.name, "raw"])
+    return asset_key(spec, "raw")
 
 
 @dataclass(frozen=True)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ml_platform.automation.jobs import training_job_name
+from ml_platform.names import (
+    PIPELINE_TAG,
+    TRIGGER_TAG,
+    retrain_schedule_name,
+    training_job_name,
+)
 from ml_platform.specs import PipelineSpec
-
-TRIGGER_TAG = "ml_platform/trigger"
-PIPELINE_TAG = "ml_platform/pipeline"
-
-
-def retrain_schedule_name(spec: PipelineSpec) -> str:
-    return f"{spec.name}_retrain_schedule"
 
 
 def build_retrain_schedule(spec: PipelineSpec) -> dg.ScheduleDefinition:

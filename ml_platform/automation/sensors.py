@@ -2,30 +2,31 @@
 
 Each sensor has its own module, with the reasoning that makes it exactly-once at its top:
 `landing_sensor.py`, `drift_sensor.py` and `failure_sensor.py`. This module puts one pipeline's
-automation together and keeps the names other modules import from here.
+automation together; names come from `ml_platform.names`, re-exported here for old importers.
 """
 
 from __future__ import annotations
 
 import dagster as dg
 
-from ml_platform.automation.drift_sensor import (
-    DRIFT_PARTITION_TAG,
-    DRIFT_REPORT_TAG,
-    build_drift_sensor,
-    drift_report_key,
-    drift_sensor_name,
-)
-from ml_platform.automation.failure_sensor import FAILURE_SENSOR_NAME, build_failure_sensor
+from ml_platform.automation.drift_sensor import build_drift_sensor, drift_report_key
+from ml_platform.automation.failure_sensor import build_failure_sensor
 from ml_platform.automation.landing_sensor import (
     MAX_RANGES_PER_TICK,
-    RANGE_END,
-    RANGE_START,
     LandingCursor,
     build_landing_sensor,
+)
+from ml_platform.automation.schedules import build_retrain_schedule
+from ml_platform.names import (
+    DRIFT_PARTITION_TAG,
+    DRIFT_REPORT_TAG,
+    FAILURE_SENSOR_NAME,
+    RANGE_END,
+    RANGE_START,
+    TRIGGER_TAG,
+    drift_sensor_name,
     landing_sensor_name,
 )
-from ml_platform.automation.schedules import TRIGGER_TAG, build_retrain_schedule
 from ml_platform.specs import PipelineSpec
 
 __all__ = [

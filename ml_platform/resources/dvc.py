@@ -16,6 +16,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from ml_platform.layout import StateLayout
+
 
 class DvcError(RuntimeError):
     """A DVC command failed; the message carries DVC's own output."""
@@ -26,7 +28,7 @@ class DvcLedger:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.lock = FileLock(str(self.root / ".ml_platform" / "dvc.filelock"), timeout=600)
+        self.lock = FileLock(str(StateLayout(self.root).dvc_lock), timeout=600)
 
     @property
     def enabled(self) -> bool:
@@ -34,7 +36,7 @@ class DvcLedger:
 
     def run(self, *args: str) -> str:
         """`dvc <args>` under the platform's lock, waiting for DVC's own lock if it is taken."""
-        (self.root / ".ml_platform").mkdir(exist_ok=True)
+        StateLayout(self.root).state.mkdir(exist_ok=True)
         command = [str(Path(sys.executable).with_name("dvc")), "--wait-for-lock", *args]
         with self.lock:
             done = subprocess.run(command, cwd=self.root, capture_output=True, text=True)

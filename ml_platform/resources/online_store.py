@@ -1,6 +1,6 @@
 """The online feature store as a Dagster resource: SQLite by default, Redis in production.
 
-The backends live in `ml_platform.serving.feature_store` (no dagster) so the serving app reads
+The backends live in `ml_platform.resources.feature_store` (no dagster) so the serving app reads
 exactly what the `features` asset writes.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import dagster as dg
 import pandas as pd
 
-from ml_platform.serving.feature_store import entity_id, latest_rows, open_feature_store
+from ml_platform.resources.feature_store import entity_id, latest_rows, open_feature_store
 from ml_platform.specs import PipelineSpec
 
 __all__ = ["OnlineStore"]

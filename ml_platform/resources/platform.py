@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from ml_platform.layout import StateLayout
 from ml_platform.settings import default_root
 from ml_platform.specs import PipelineSpec
 
@@ -27,7 +28,7 @@ class PlatformPaths(dg.ConfigurableResource):
 
     @property
     def state_dir(self) -> Path:
-        return self.root_path / ".ml_platform"
+        return StateLayout(self.root_path).state
 
     def landing_dir(self, spec: PipelineSpec) -> Path:
         return self.root_path / spec.landing.directory
@@ -36,7 +37,7 @@ class PlatformPaths(dg.ConfigurableResource):
         return self.landing_dir(spec) / f"{partition_key}.csv"
 
     def audit_log(self, spec: PipelineSpec) -> Path:
-        return self.state_dir / "audit" / f"{spec.name}.jsonl"
+        return StateLayout(self.root_path).audit_log(spec.name)
 
 
 def source_hash() -> str:

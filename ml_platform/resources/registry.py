@@ -16,19 +16,17 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ml_platform.serving.loader import (
+from ml_platform.names import (
     CANARY,
     CANARY_WEIGHT_TAG,
     CHALLENGER,
     CHAMPION,
+    FINGERPRINT_TAG,
     PREVIOUS,
-    load_version,
-    registry_client,
 )
+from ml_platform.resources.model_loader import load_version, registry_client
 
 __all__ = ["CANARY", "CANARY_WEIGHT_TAG", "CHALLENGER", "CHAMPION", "PREVIOUS", "ModelRegistry"]
-
-FINGERPRINT_TAG = "ml_platform.fingerprint"
 REFERENCE_ARTIFACT = "drift_reference/reference.parquet"
 
 

@@ -21,6 +21,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
+from ml_platform.layout import StateLayout
+from ml_platform.resources.feature_store import StoreUnavailableError, open_feature_store
+from ml_platform.resources.model_loader import registry_client
 from ml_platform.serving.batching import (
     BatchPredictor,
     NotReadyError,
@@ -28,8 +31,6 @@ from ml_platform.serving.batching import (
     UnknownEntitiesError,
 )
 from ml_platform.serving.deployment import ModelSlots, Reloader
-from ml_platform.serving.feature_store import StoreUnavailableError, open_feature_store
-from ml_platform.serving.loader import registry_client
 from ml_platform.serving.metrics import ServingMetrics
 from ml_platform.serving.prediction_log import PredictionLog
 from ml_platform.serving.requests import RequestError, RequestParser, request_id
@@ -85,7 +86,7 @@ def create_app(
     """The serving app for `specs`; state lives under `root/.ml_platform/serving`."""
     client = registry_client(tracking_uri)
     metrics = ServingMetrics()
-    prediction_log = PredictionLog(Path(root) / ".ml_platform" / "serving" / "predictions")
+    prediction_log = PredictionLog(StateLayout(root).predictions)
     store = open_feature_store(online_store_url, read_only=online_store_url.startswith("sqlite"))
     served = {
         spec.name: ServedPipeline(

@@ -19,10 +19,11 @@ import orjson
 import pandas as pd
 
 from ml_platform.core import training
+from ml_platform.core.json_lines import iso_time
+from ml_platform.resources.feature_store import FeatureStore, entity_id
 from ml_platform.serving.deployment import CANARY, CHAMPION, LoadedModel, Snapshot
-from ml_platform.serving.feature_store import FeatureStore, entity_id
 from ml_platform.serving.metrics import ServingMetrics
-from ml_platform.serving.prediction_log import PredictionLog, now_iso
+from ml_platform.serving.prediction_log import PredictionLog
 from ml_platform.serving.routing import is_canary
 from ml_platform.specs import PipelineSpec
 
@@ -192,7 +193,7 @@ class BatchPredictor:
         threshold = self.spec.model.decision_threshold if self.spec.is_classifier else None
         records: list[dict] = []
         position = 0
-        stamp = now_iso()
+        stamp = iso_time(timespec="milliseconds")  # many predictions share a second
         for job in jobs:
             answer = []
             routed_to_canary = False

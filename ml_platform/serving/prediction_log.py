@@ -14,8 +14,6 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
-from ml_platform.core.json_lines import iso_time
-
 
 class PredictionLog:
     """Appends prediction records under `<root>/<pipeline>/<YYYY-MM-DD>/<host>-<pid>.jsonl`."""
@@ -64,8 +62,3 @@ def read_prediction_log(root: Path, pipeline: str, since: str | None = None) -> 
             except orjson.JSONDecodeError:
                 continue
     return pd.DataFrame.from_records(records)
-
-
-def now_iso() -> str:
-    """A prediction record's time: milliseconds, since many share a second."""
-    return iso_time(timespec="milliseconds")

@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ml_platform.layout import StateLayout
 from ml_platform.settings import PROMETHEUS_MULTIPROC_ENV, SERVE_RELOAD_SECONDS_ENV
 
 KEEP_ALIVE_SECONDS = 5
@@ -28,7 +29,7 @@ def serve(
     import uvicorn
 
     workers = workers or default_workers()
-    metrics_dir = Path(root) / ".ml_platform" / "serving" / f"prometheus-{port}"
+    metrics_dir = StateLayout(root).prometheus(port)
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters start at zero with each server
     metrics_dir.mkdir(parents=True)
     os.environ.update(

@@ -25,7 +25,6 @@ import yaml
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
 from ml_platform.automation.alerts import alerts_path
-from ml_platform.automation.jobs import ingest_job_name, training_job_name
 from ml_platform.automation.sensors import (
     DRIFT_REPORT_TAG,
     FAILURE_SENSOR_NAME,
@@ -36,6 +35,7 @@ from ml_platform.automation.sensors import (
 )
 from ml_platform.core.json_lines import read_json_lines
 from ml_platform.core.storage import atomic_write, md5_file
+from ml_platform.names import ingest_job_name, training_job_name
 from ml_platform.specs import SPEC_DIR, PipelineSpec, load_spec
 from ml_platform_tests.conftest import (
     REPO_ROOT,
@@ -214,7 +214,7 @@ def _day(spec: PipelineSpec, offset: int) -> str:
 def _train_by_hand(root: Path, spec_dir: Path, spec: PipelineSpec) -> None:
     """Ingest the history, train and predict in process, as `ml-platform demo` does."""
     from ml_platform.assemble import build_definitions
-    from ml_platform.automation.jobs import ingest_job_name, training_job_name
+    from ml_platform.names import ingest_job_name, training_job_name
 
     defs = build_definitions(root, spec_dir)
     instance = dg.DagsterInstance.get()

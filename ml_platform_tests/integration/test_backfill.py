@@ -7,7 +7,7 @@ import pytest
 
 from ml_platform.automation.alerts import alerts_path
 from ml_platform.core.json_lines import read_json_lines
-from ml_platform.demo import contiguous_spans, materialize
+from ml_platform.runs import contiguous_spans, materialize
 from ml_platform_tests.conftest import day, generate
 
 pytestmark = pytest.mark.slow

@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from ml_platform.automation.alerts import alerts_path
 from ml_platform.core.json_lines import read_json_lines
+from ml_platform.names import CANARY, CANARY_WEIGHT_TAG, CHAMPION
 from ml_platform.serving.canary_release import CanaryCursor, analyse, release_canary
-from ml_platform.serving.loader import CANARY, CANARY_WEIGHT_TAG, CHAMPION
 
 
 @pytest.fixture

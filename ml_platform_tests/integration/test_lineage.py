@@ -107,7 +107,7 @@ def test_rollback_is_recorded_once_and_idempotent(dvc_project, spec):
     generate(root, spec, stores=4, days=20, seed=9)  # new data → a new version
     registry = registry_for(root)
     first = registry.alias_version(spec.name, "champion").version
-    from ml_platform.demo import materialize
+    from ml_platform.runs import materialize
 
     assert materialize(root, spec, ["raw", "validated", "quarantine", "features"])
     assert materialize(root, spec, ["training_set", "challenger", "promotion"])

@@ -24,8 +24,6 @@ import yaml
 from dagster._core.test_utils import create_run_for_test
 
 from ml_platform.automation.alerts import alerts_path
-from ml_platform.automation.jobs import ingest_job_name, training_job_name
-from ml_platform.automation.schedules import retrain_schedule_name
 from ml_platform.automation.sensors import (
     FAILURE_SENSOR_NAME,
     MAX_RANGES_PER_TICK,
@@ -42,6 +40,7 @@ from ml_platform.automation.sensors import (
 from ml_platform.core.json_lines import read_json_lines
 from ml_platform.core.storage import md5_file
 from ml_platform.instance import ensure_dagster_home
+from ml_platform.names import ingest_job_name, retrain_schedule_name, training_job_name
 from ml_platform.resources.platform import PlatformPaths
 from ml_platform.specs import SPEC_DIR, PipelineSpec
 from ml_platform_tests.conftest import day, generate, run_job

@@ -6,10 +6,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ml_platform.core import training
-from ml_platform.demo import materialize
 from ml_platform.production import _connect
+from ml_platform.resources.model_loader import load_version
 from ml_platform.resources.registry import CHAMPION
-from ml_platform.serving.loader import load_version
+from ml_platform.runs import materialize
 from ml_platform_tests.conftest import generate
 
 pytestmark = pytest.mark.slow

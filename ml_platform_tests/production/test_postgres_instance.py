@@ -9,8 +9,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from ml_platform.demo import materialize
 from ml_platform.production import _connect
+from ml_platform.runs import materialize
 from ml_platform_tests.conftest import day, generate
 
 pytestmark = pytest.mark.slow

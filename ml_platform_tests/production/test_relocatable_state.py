@@ -7,13 +7,13 @@ import shutil
 import dagster as dg
 import pytest
 
-from ml_platform.demo import materialize
 from ml_platform.instance import (
     DAGSTER_YAML,
     RelocatedInstanceError,
     dagster_yaml,
     ensure_dagster_home,
 )
+from ml_platform.runs import materialize
 from ml_platform_tests.conftest import activated, day, generate, make_platform_root
 
 pytestmark = pytest.mark.slow

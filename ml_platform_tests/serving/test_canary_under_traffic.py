@@ -29,8 +29,8 @@ from ml_platform.automation.canary_sensor import build_canary_sensor
 from ml_platform.core import training
 from ml_platform.core.json_lines import read_json_lines
 from ml_platform.lineage import history
+from ml_platform.names import CANARY, CANARY_WEIGHT_TAG, CHAMPION, PREVIOUS
 from ml_platform.serving.canary_release import release_canary
-from ml_platform.serving.loader import CANARY, CANARY_WEIGHT_TAG, CHAMPION, PREVIOUS
 from ml_platform_tests.conftest import activated, registry_for
 from ml_platform_tests.serving.conftest import all_entities, running_server, trained_serving_root
 

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from ml_platform.core.datagen import latest_landing_day
+from ml_platform.resources.feature_store import RedisFeatureStore
 from ml_platform.resources.online_store import OnlineStore
-from ml_platform.serving.feature_store import RedisFeatureStore
 from ml_platform.serving.prediction_log import read_prediction_log
 from ml_platform_tests.serving.conftest import all_entities
 

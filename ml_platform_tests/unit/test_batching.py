@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from sklearn.dummy import DummyRegressor
 
+from ml_platform.resources.feature_store import SqliteFeatureStore
 from ml_platform.serving.app import ServedPipeline
 from ml_platform.serving.batching import BatchPredictor, PredictJob, UnknownEntitiesError
 from ml_platform.serving.deployment import LoadedModel, ModelSlots, Snapshot
-from ml_platform.serving.feature_store import SqliteFeatureStore
 from ml_platform.serving.metrics import ServingMetrics
 from ml_platform.serving.prediction_log import PredictionLog, read_prediction_log
 from ml_platform.serving.routing import is_canary

@@ -327,9 +327,9 @@ def materialize_ingest(root: Path, spec, partition: str, with_validated: bool = 
     """`raw` (and `validated`) of one day, in process, with the real parquet IO manager."""
     import dagster as dg
 
-    from ml_platform.assets.factory import daily_partitions
     from ml_platform.assets.ingest import build_ingest_assets
     from ml_platform.resources.io_manager import ParquetIOManager
+    from ml_platform.resources.keys import daily_partitions
     from ml_platform.resources.platform import PlatformPaths
 
     raw, validated, _ = build_ingest_assets(spec, daily_partitions(spec))

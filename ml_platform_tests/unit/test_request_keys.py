@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from ml_platform.serving.feature_store import entity_id
+from ml_platform.resources.feature_store import entity_id
 from ml_platform.serving.requests import RequestError, RequestParser
 from ml_platform.specs import SPEC_DIR, PipelineSpec
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from ml_platform.resources.feature_store import SqliteFeatureStore, StoreUnavailableError
 from ml_platform.serving import deployment
 from ml_platform.serving.app import create_app
 from ml_platform.serving.deployment import LoadedModel, ModelSlots, Snapshot
-from ml_platform.serving.feature_store import SqliteFeatureStore, StoreUnavailableError
 from ml_platform.serving.requests import RequestParser, request_id
 
 CHUNK = 64 * 1024

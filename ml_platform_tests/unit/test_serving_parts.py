@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_platform.serving.feature_store import SqliteFeatureStore, open_feature_store
+from ml_platform.resources.feature_store import SqliteFeatureStore, open_feature_store
 from ml_platform.serving.prediction_log import PredictionLog, read_prediction_log
 from ml_platform.serving.requests import RequestError, RequestParser
 from ml_platform.serving.routing import bucket, is_canary
@@ -110,7 +110,7 @@ def test_prediction_log_reads_back_and_skips_a_torn_line(tmp_path: Path) -> None
 
 def test_a_store_that_cannot_answer_yet_says_so(tmp_path: Path) -> None:
     """The server may start before `features` ran, or lose Redis: a 503 reason, not a crash."""
-    from ml_platform.serving.feature_store import StoreUnavailableError
+    from ml_platform.resources.feature_store import StoreUnavailableError
 
     reader = open_feature_store(f"sqlite:///{tmp_path / 'absent.sqlite'}", read_only=True)
     with pytest.raises(StoreUnavailableError, match="materialise `features`"):
