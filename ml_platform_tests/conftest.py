@@ -19,6 +19,19 @@ use_passive_openmp()  # the test processes fit models too
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _restore_mlflow_tracking_uri() -> Iterator[None]:
+    """MLflow (and dagster-mlflow) leave `MLFLOW_TRACKING_URI` in `os.environ` after a run, and
+    `settings.mlflow_uri` honours it: without this a later test in the same worker would talk to
+    an earlier test's store."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
 @pytest.fixture(scope="session")
 def spec() -> PipelineSpec:
     return load_spec(SPEC_DIR / "sales_forecast.yaml", REPO_ROOT)
