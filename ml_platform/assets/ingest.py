@@ -153,7 +153,7 @@ def _failure(summary: str, errors: list[tuple[str, Exception]]) -> dg.Failure:
 
     return dg.Failure(
         summary + ":\n" + "\n".join(f"{key}: {cause(exc)}" for key, exc in errors),
-        # Which days broke, so a range run can be split around them (`demo.materialize`).
+        # Which days broke, so a range run can be split around them (`runs.materialize`).
         metadata={"broken_partitions": ", ".join(key for key, _ in errors)},
     )
 
