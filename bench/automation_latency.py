@@ -54,7 +54,7 @@ def _materialised_at(instance, spec, partition: str) -> float | None:
 def _sensor_run(instance, spec, partition: str):
     import dagster as dg
 
-    from ml_platform.automation.sensors import landing_sensor_name
+    from ml_platform.names import landing_sensor_name
 
     records = instance.get_run_records(
         filters=dg.RunsFilter(

@@ -23,13 +23,9 @@ from ml_platform.assets.factory import build_pipeline_assets
 from ml_platform.automation.canary_sensor import build_canary_sensor
 from ml_platform.automation.jobs import build_jobs
 from ml_platform.automation.ledger import build_dvc_recorder
-from ml_platform.automation.sensors import (
-    FAILURE_SENSOR_NAME,
-    build_automation,
-    build_failure_sensor,
-)
+from ml_platform.automation.sensors import build_automation, build_failure_sensor
 from ml_platform.instance import tune_embedded_sqlite
-from ml_platform.names import tracking_key
+from ml_platform.names import FAILURE_SENSOR_NAME, tracking_key
 from ml_platform.resources.io_manager import ParquetIOManager
 from ml_platform.resources.online_store import OnlineStore
 from ml_platform.resources.platform import PlatformPaths

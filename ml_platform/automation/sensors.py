@@ -2,7 +2,7 @@
 
 Each sensor has its own module, with the reasoning that makes it exactly-once at its top:
 `landing_sensor.py`, `drift_sensor.py` and `failure_sensor.py`. This module puts one pipeline's
-automation together; names come from `ml_platform.names`, re-exported here for old importers.
+automation together; the names they use are in `ml_platform.names`.
 """
 
 from __future__ import annotations
@@ -17,32 +17,14 @@ from ml_platform.automation.landing_sensor import (
     build_landing_sensor,
 )
 from ml_platform.automation.schedules import build_retrain_schedule
-from ml_platform.names import (
-    DRIFT_PARTITION_TAG,
-    DRIFT_REPORT_TAG,
-    FAILURE_SENSOR_NAME,
-    RANGE_END,
-    RANGE_START,
-    TRIGGER_TAG,
-    drift_sensor_name,
-    landing_sensor_name,
-)
 from ml_platform.specs import PipelineSpec
 
 __all__ = [
-    "DRIFT_PARTITION_TAG",
-    "DRIFT_REPORT_TAG",
-    "FAILURE_SENSOR_NAME",
     "MAX_RANGES_PER_TICK",
-    "RANGE_END",
-    "RANGE_START",
-    "TRIGGER_TAG",
     "LandingCursor",
     "build_automation",
     "build_failure_sensor",
     "drift_report_key",
-    "drift_sensor_name",
-    "landing_sensor_name",
 ]
 
 

@@ -25,17 +25,18 @@ import yaml
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
 from ml_platform.automation.alerts import alerts_path
-from ml_platform.automation.sensors import (
+from ml_platform.core.json_lines import read_json_lines
+from ml_platform.core.storage import atomic_write, md5_file
+from ml_platform.names import (
     DRIFT_REPORT_TAG,
     FAILURE_SENSOR_NAME,
     RANGE_END,
     RANGE_START,
     drift_sensor_name,
+    ingest_job_name,
     landing_sensor_name,
+    training_job_name,
 )
-from ml_platform.core.json_lines import read_json_lines
-from ml_platform.core.storage import atomic_write, md5_file
-from ml_platform.names import ingest_job_name, training_job_name
 from ml_platform.specs import SPEC_DIR, PipelineSpec, load_spec
 from ml_platform_tests.conftest import (
     REPO_ROOT,
@@ -214,7 +215,12 @@ def _day(spec: PipelineSpec, offset: int) -> str:
 def _train_by_hand(root: Path, spec_dir: Path, spec: PipelineSpec) -> None:
     """Ingest the history, train and predict in process, as `ml-platform demo` does."""
     from ml_platform.assemble import build_definitions
-    from ml_platform.names import ingest_job_name, training_job_name
+    from ml_platform.names import (
+        RANGE_END,
+        RANGE_START,
+        ingest_job_name,
+        training_job_name,
+    )
 
     defs = build_definitions(root, spec_dir)
     instance = dg.DagsterInstance.get()

@@ -25,22 +25,26 @@ from dagster._core.test_utils import create_run_for_test
 
 from ml_platform.automation.alerts import alerts_path
 from ml_platform.automation.sensors import (
-    FAILURE_SENSOR_NAME,
     MAX_RANGES_PER_TICK,
-    RANGE_END,
-    RANGE_START,
-    TRIGGER_TAG,
     LandingCursor,
     build_automation,
     build_failure_sensor,
     drift_report_key,
-    drift_sensor_name,
-    landing_sensor_name,
 )
 from ml_platform.core.json_lines import read_json_lines
 from ml_platform.core.storage import md5_file
 from ml_platform.instance import ensure_dagster_home
-from ml_platform.names import ingest_job_name, retrain_schedule_name, training_job_name
+from ml_platform.names import (
+    FAILURE_SENSOR_NAME,
+    RANGE_END,
+    RANGE_START,
+    TRIGGER_TAG,
+    drift_sensor_name,
+    ingest_job_name,
+    landing_sensor_name,
+    retrain_schedule_name,
+    training_job_name,
+)
 from ml_platform.resources.platform import PlatformPaths
 from ml_platform.specs import SPEC_DIR, PipelineSpec
 from ml_platform_tests.conftest import day, generate, run_job
