@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PROBE = """
 import contextlib, io, json, sys
 from ml_platform.cli import main
@@ -37,6 +39,7 @@ GRAPH = (
 )
 
 
+@pytest.mark.slow  # a whole interpreter that imports dagster and mlflow: ~10 s on an idle machine
 def test_commands_without_the_graph_never_import_it(tmp_path: Path):
     frame = "a,b\n" + "\n".join(f"{i % 7},{i % 3}" for i in range(200)) + "\n"
     (tmp_path / "ref.csv").write_text(frame)
