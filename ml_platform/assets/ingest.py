@@ -140,7 +140,7 @@ def build_ingest_assets(
         context: dg.AssetExecutionContext,
         validated: pd.DataFrame,
         online_store: OnlineStore,
-        parquet_io: ParquetIOManager,
+        parquet_io: dg.ResourceParam[ParquetIOManager],
     ) -> dg.Output:
         """Offline parquet first, online store second: a failed upsert (store down, disk full)
         fails the run with no online row the offline store lacks, and a re-run repeats both."""

@@ -15,9 +15,11 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
@@ -110,8 +112,17 @@ def create_app(
     app.state.served = served
     app.state.reloader = reloader
 
-    @app.post("/v1/{pipeline}/predict")
-    async def predict(pipeline: str, request: Request) -> Response:
+    # The body is read by the parser, not by FastAPI: its schema is documented here.
+    body = {"anyOf": [p.parser.json_schema() for p in served.values()]} if served else {}
+    documented = {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}}
+    }
+
+    @app.post("/v1/{pipeline}/predict", openapi_extra=documented)
+    async def predict(
+        pipeline: Annotated[str, PathParam(json_schema_extra={"enum": sorted(served)})],
+        request: Request,
+    ) -> Response:
         started = time.perf_counter()
         rid = request_id(request.headers.get("x-request-id"))
         target = served.get(pipeline)
