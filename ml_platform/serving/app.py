@@ -15,11 +15,9 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
 
 import orjson
 from fastapi import FastAPI, Request
-from fastapi import Path as PathParam
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
@@ -119,10 +117,7 @@ def create_app(
     }
 
     @app.post("/v1/{pipeline}/predict", openapi_extra=documented)
-    async def predict(
-        pipeline: Annotated[str, PathParam(json_schema_extra={"enum": sorted(served)})],
-        request: Request,
-    ) -> Response:
+    async def predict(pipeline: str, request: Request) -> Response:
         started = time.perf_counter()
         rid = request_id(request.headers.get("x-request-id"))
         target = served.get(pipeline)
@@ -176,6 +171,18 @@ def create_app(
             200,
             rid,
         )
+
+    default_openapi = app.openapi
+
+    def openapi() -> dict:
+        """FastAPI's document, with the served pipelines as the path parameter's values."""
+        schema = default_openapi()  # cached by FastAPI: this edit is made once
+        for param in schema["paths"]["/v1/{pipeline}/predict"]["post"].get("parameters", []):
+            if param["name"] == "pipeline":
+                param["schema"]["enum"] = sorted(served)
+        return schema
+
+    app.openapi = openapi
 
     @app.get("/healthz")
     async def healthz() -> Response:

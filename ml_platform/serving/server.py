@@ -11,6 +11,7 @@ from ml_platform.settings import PROMETHEUS_MULTIPROC_ENV, SERVE_RELOAD_SECONDS_
 
 KEEP_ALIVE_SECONDS = 5
 HEADER_TIMEOUT_SECONDS = 10.0
+WORKER_HEALTHCHECK_SECONDS = 60
 
 
 def default_workers() -> int:
@@ -62,6 +63,10 @@ def serve(
         # headers must arrive within HEADER_TIMEOUT_SECONDS (HeaderTimeoutProtocol).
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         http="ml_platform.serving.server:HeaderTimeoutProtocol",
+        # uvicorn kills a worker that misses its supervisor's ping for this long (default 5 s):
+        # on a busy machine a worker still importing and loading models was killed and
+        # restarted over and over, and the server never became ready.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
     )
 
 

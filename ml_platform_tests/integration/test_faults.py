@@ -6,9 +6,13 @@ After each fault: the run fails and says why, no online row exists that the offl
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +20,7 @@ import pytest
 
 from ml_platform.demo import landing_days, materialize
 from ml_platform.settings import ONLINE_STORE_URL_ENV
-from ml_platform_tests.conftest import generate
+from ml_platform_tests.conftest import generate, registry_for, wait_for
 
 INGEST = ["raw", "validated", "quarantine", "features"]
 
@@ -90,3 +94,60 @@ def test_a_broken_offline_or_online_store_leaves_no_skew_and_a_rerun_completes(
     online = _online(root, spec.name)
     assert {entity for entity, day in online if day == last} == _offline(root, spec, last)
     _assert_no_skew(root, spec)
+
+
+def _step_started(home: Path, step: str) -> str | None:
+    """The id of a run whose `step` has started, read from the run's event-log shard."""
+    for shard in (home / "history" / "runs").glob("*.db"):
+        if shard.stem == "index":
+            continue
+        try:
+            with sqlite3.connect(f"file:{shard}?mode=ro", uri=True) as conn:
+                found = conn.execute(
+                    "SELECT 1 FROM event_logs WHERE dagster_event_type = 'STEP_START' "
+                    "AND step_key LIKE ?",
+                    [f"%{step}%"],
+                ).fetchone()
+        except sqlite3.OperationalError:  # being created
+            continue
+        if found:
+            return shard.stem
+    return None
+
+
+@pytest.mark.slow
+def test_kill_9_during_training_leaves_the_champion_and_a_rerun_promotes(isolated_env, spec):
+    """SIGKILL while the challenger is being fitted and logged: no champion appears from half a
+    run, no run stays STARTED, every stored data product still reads, and a re-run promotes."""
+    root = isolated_env
+    generate(root, spec, stores=3, days=120, seed=6)
+    assert materialize(root, spec, INGEST)
+    registry = registry_for(root)
+    assert registry.alias_version(spec.name, "champion") is None
+    home = root / ".ml_platform" / "dagster_home"
+    command = [str(Path(sys.executable).parent / "ml-platform"), "materialize", spec.name]
+    command += ["training_set", "challenger", "promotion"]
+    with (root / "killed.log").open("w") as log:
+        process = subprocess.Popen(command, cwd=root, env=dict(os.environ), stdout=log, stderr=log)
+        try:
+            killed = wait_for(
+                lambda: _step_started(home, "challenger") or process.poll() is not None,
+                300,
+                "the challenger step to start",
+                poll=0.05,
+            )
+            assert isinstance(killed, str), (root / "killed.log").read_text()
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.wait()
+    assert registry.alias_version(spec.name, "champion") is None  # no promotion finished
+    for path in (root / "data").rglob("*.parquet"):
+        pd.read_parquet(path)  # nothing half-written under a name a reader uses
+
+    assert materialize(root, spec, ["training_set", "challenger", "promotion"])
+    import dagster as dg
+
+    run = dg.DagsterInstance.get().get_run_by_id(killed)
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    champion = registry.alias_version(spec.name, "champion")
+    assert champion is not None
