@@ -116,9 +116,9 @@ def _step_started(home: Path, step: str) -> str | None:
 
 
 @pytest.mark.slow
-def test_kill_9_during_training_leaves_the_champion_and_a_rerun_promotes(isolated_env, spec):
+def test_kill_9_during_training_leaves_the_champion_and_a_rerun_decides(isolated_env, spec):
     """SIGKILL while the challenger is being fitted and logged: no champion appears from half a
-    run, no run stays STARTED, every stored data product still reads, and a re-run promotes."""
+    run, the dead run is failed, every stored data product still reads, and a re-run decides."""
     root = isolated_env
     generate(root, spec, stores=3, days=120, seed=6)
     assert materialize(root, spec, INGEST)
@@ -147,7 +147,8 @@ def test_kill_9_during_training_leaves_the_champion_and_a_rerun_promotes(isolate
     assert materialize(root, spec, ["training_set", "challenger", "promotion"])
     import dagster as dg
 
-    run = dg.DagsterInstance.get().get_run_by_id(killed)
-    assert run.status == dg.DagsterRunStatus.FAILURE
-    champion = registry.alias_version(spec.name, "champion")
-    assert champion is not None
+    instance = dg.DagsterInstance.get()
+    assert instance.get_run_by_id(killed).status == dg.DagsterRunStatus.FAILURE
+    # The re-run decided (promote or keep: on this little data either is right), in a new run.
+    decision = instance.get_latest_materialization_event(dg.AssetKey([spec.name, "promotion"]))
+    assert decision is not None and decision.run_id != killed
