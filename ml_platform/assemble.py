@@ -24,13 +24,18 @@ from ml_platform.automation.canary_sensor import build_canary_sensor
 from ml_platform.automation.jobs import build_jobs
 from ml_platform.automation.ledger import build_dvc_recorder
 from ml_platform.automation.sensors import build_automation, build_failure_sensor
+from ml_platform.automation.zombies import DEAD_RUN_SENSOR_SUFFIX, build_dead_run_sensor
 from ml_platform.instance import tune_embedded_sqlite
 from ml_platform.names import FAILURE_SENSOR_NAME, tracking_key
 from ml_platform.resources.io_manager import ParquetIOManager
-from ml_platform.resources.online_store import OnlineStore
+from ml_platform.resources.online_store import OnlineStore, online_store_url_source
 from ml_platform.resources.platform import PlatformPaths
 from ml_platform.resources.registry import ModelRegistry
-from ml_platform.resources.tracking import mlflow_tracking
+from ml_platform.resources.tracking import (
+    mlflow_tracking,
+    tracking_uri_config,
+    tracking_uri_source,
+)
 from ml_platform.settings import (
     CELERY_BROKER_ENV,
     DEFAULT_CELERY_BROKER,
@@ -40,7 +45,6 @@ from ml_platform.settings import (
     executor_name,
     mlflow_artifact_root,
     mlflow_uri,
-    online_store_url,
     spec_dir_from_env,
 )
 from ml_platform.specs import PipelineSpec, load_specs_isolated
@@ -63,13 +67,15 @@ def build_definitions(
         specs, errors = load_specs_isolated(spec_dir or spec_dir_from_env(), root)
         for error in errors.values():
             log.error("pipeline left out: %s", error)
-    tracking_uri = mlflow_uri(root)
     artifact_root = mlflow_artifact_root(root)
+    # URLs that may hold passwords enter the definitions as env var names (`dg.EnvVar`).
     resources: dict[str, object] = {
         "paths": PlatformPaths(root=str(root)),
         "parquet_io": ParquetIOManager(base_dir=str(root / "data")),
-        "registry": ModelRegistry(tracking_uri=tracking_uri, artifact_root=artifact_root),
-        "online_store": OnlineStore(url=online_store_url(root)),
+        "registry": ModelRegistry(
+            tracking_uri=tracking_uri_source(root), artifact_root=artifact_root
+        ),
+        "online_store": OnlineStore(url=online_store_url_source(root)),
     }
     assets, jobs, sensors, schedules = [], [], [], []
     for spec in specs:
@@ -81,7 +87,7 @@ def build_definitions(
         resources[tracking_key(spec)] = mlflow_tracking.configured(
             {
                 "experiment_name": spec.name,
-                "mlflow_tracking_uri": tracking_uri,
+                "mlflow_tracking_uri": tracking_uri_config(root),
                 "artifact_root": artifact_root,
                 "extra_tags": {"pipeline": spec.name},
             }
@@ -93,6 +99,8 @@ def build_definitions(
     fastest = min((s.automation.landing_sensor_interval_seconds for s in specs), default=30)
     failure = f"{location}_run_failure_alerts" if location else FAILURE_SENSOR_NAME
     sensors.append(build_failure_sensor(minimum_interval_seconds=fastest, name=failure))
+    dead_runs = f"{prefix or 'ml_platform_'}{DEAD_RUN_SENSOR_SUFFIX}"
+    sensors.append(build_dead_run_sensor(dead_runs, location, pipeline_of_job))
     return dg.Definitions(
         assets=assets,
         jobs=jobs,

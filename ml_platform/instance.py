@@ -27,9 +27,14 @@ run_queue:
       value:
         applyLimitPerUniqueValue: true
       limit: 1
+# Dagster fails runs that never start or never finish cancelling; a run whose process died is
+# failed by the `…dead_run_monitor` sensor and at every CLI run (ml_platform/automation/zombies.py),
+# because the default run launcher cannot report a dead run worker.
 run_monitoring:
   enabled: true
   poll_interval_seconds: 30
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
 # Dagster's SQLite event log, with engines kept open (ml_platform/dagster_storage.py).
 # A relative base_dir is resolved against DAGSTER_HOME, so the folder can be moved or copied.
 event_log_storage:
@@ -38,6 +43,14 @@ event_log_storage:
   config:
     base_dir: {runs_dir}
 """
+# What earlier versions wrote, recognised so their absolute event-log path can be upgraded.
+_MONITORING_BEFORE = "run_monitoring:\n  enabled: true\n  poll_interval_seconds: 30\n"
+_EARLIER_YAML = _MONITORING_BEFORE.join(
+    (
+        DAGSTER_YAML.split("# Dagster fails runs")[0],
+        DAGSTER_YAML.split("cancel_timeout_seconds: 180\n")[1],
+    )
+)
 RUNS_DIR = "history/runs"  # relative to DAGSTER_HOME, as Dagster's own SQLite storages are
 # Earlier versions wrote the event log's absolute path; a copied or moved project then kept
 # writing its events into the old folder.
@@ -67,8 +80,9 @@ def ensure_dagster_home(root: Path) -> Path:
     `history/runs` either way when it was moved or copied whole); a hand-edited config that
     points outside this DAGSTER_HOME is refused with the paths named.
     """
+    secure_state(root)
     home = dagster_home_from_env() or StateLayout(root).dagster_home
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text(dagster_yaml())
@@ -76,6 +90,30 @@ def ensure_dagster_home(root: Path) -> Path:
         _upgrade_absolute_event_log(config, home)
     os.environ["DAGSTER_HOME"] = str(home.resolve())
     return home
+
+
+STATE_DIR_MODE, STATE_FILE_MODE = 0o700, 0o600
+
+
+def secure_state(root: Path) -> None:
+    """Owner-only state: run history, event logs, alerts, audit trail, prediction logs.
+
+    They hold failure messages, entity ids and request ids, so this process and every process it
+    starts (the daemon, code servers, run workers, uvicorn workers) create files 0600 and folders
+    0700 (umask 077); SQLite and Dagster create files with the umask applied. A `.ml_platform`
+    left readable by an earlier version is tightened once, file by file.
+    """
+    os.umask(0o077)
+    state = Path(root) / ".ml_platform"
+    state.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+    if state.stat().st_mode & 0o777 == STATE_DIR_MODE:
+        return
+    for folder, _dirs, files in os.walk(state):
+        os.chmod(folder, STATE_DIR_MODE)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, STATE_FILE_MODE)
 
 
 def _upgrade_absolute_event_log(config: Path, home: Path) -> None:
@@ -86,7 +124,8 @@ def _upgrade_absolute_event_log(config: Path, home: Path) -> None:
     old = Path(json.loads(match.group(1)))
     if not old.is_absolute():
         return
-    if text == DAGSTER_YAML.format(runs_dir=match.group(1)):  # ours, as an earlier version wrote it
+    earlier = {t.format(runs_dir=match.group(1)) for t in (DAGSTER_YAML, _EARLIER_YAML)}
+    if text in earlier:  # ours, as an earlier version wrote it
         config.write_text(dagster_yaml())
         return
     here = (home / RUNS_DIR).resolve()

@@ -132,7 +132,11 @@ def _reconstructable(root: Path, spec, job_name: str):
 def _run(job, selection, partition: str | None = None, days: tuple[str, str] | None = None):
     import dagster as dg
 
+    from ml_platform.automation.zombies import cli_run_tags
+
+    _fail_dead_runs()
     tags = {RANGE_START: days[0], RANGE_END: days[1]} if days else {}
+    tags.update(cli_run_tags())  # so a run this process leaves behind when killed is found dead
     started = time.monotonic()
     if isinstance(job, dg.JobDefinition):
         result = job.execute_in_process(
@@ -162,6 +166,22 @@ def _run(job, selection, partition: str | None = None, days: tuple[str, str] | N
         _print_failure(result)
         _alert(result)
     return result
+
+
+def _fail_dead_runs() -> None:
+    """Before a CLI run starts: fail runs whose process died (`automation/zombies.py`), so none
+    stays STARTED, and each gets its alert, even where no daemon runs."""
+    import logging
+
+    import dagster as dg
+
+    from ml_platform.automation.zombies import fail_dead_runs
+    from ml_platform.settings import default_root
+
+    for run_id in fail_dead_runs(
+        dg.DagsterInstance.get(), default_root(), logging.getLogger("ml_platform")
+    ):
+        print(f"      run {run_id} had died (its process is gone): marked FAILED, alert written")
 
 
 def landing_days(directory: Path) -> list[str]:
@@ -222,6 +242,8 @@ def record_in_dvc(root: Path, label: str, pipelines: list[str] | None = None) ->
 def _step_failures(result) -> list[tuple[str, str]]:
     """(step, message with its causes) for each failed step: a wrapper such as "Error occurred
     while executing op" says nothing without what it wraps."""
+    from ml_platform.core.secrets import redact
+
     failures = []
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data:
@@ -229,7 +251,8 @@ def _step_failures(result) -> list[tuple[str, str]]:
             while error is not None and len(lines) < 5:
                 lines.append(error.message.strip())
                 error = error.cause
-            failures.append((event.step_key or "run", "\n        caused by: ".join(lines)))
+            text = "\n        caused by: ".join(lines)
+            failures.append((event.step_key or "run", redact(text)))
     return failures
 
 

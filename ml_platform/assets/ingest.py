@@ -15,6 +15,7 @@ from ml_platform.core.contracts import (
 )
 from ml_platform.core.features import build_features, encode_by_day
 from ml_platform.core.storage import encode_frame, md5_bytes
+from ml_platform.resources.io_manager import ParquetIOManager, stored_output
 from ml_platform.resources.keys import asset_key
 from ml_platform.resources.online_store import OnlineStore
 from ml_platform.resources.platform import PlatformPaths
@@ -133,14 +134,20 @@ def build_ingest_assets(
         **common,
     )
     def features(
-        context: dg.AssetExecutionContext, validated: pd.DataFrame, online_store: OnlineStore
+        context: dg.AssetExecutionContext,
+        validated: pd.DataFrame,
+        online_store: OnlineStore,
+        parquet_io: dg.ResourceParam[ParquetIOManager],
     ) -> dg.Output:
+        """Offline parquet first, online store second: a failed upsert (store down, disk full)
+        fails the run with no online row the offline store lacks, and a re-run repeats both."""
         days = partition_dates(context)
         frame = build_features(validated, spec, days)
         encoded = encode_by_day(frame, spec.timestamp, [d.isoformat() for d in days])
+        parquet_io.store(context.asset_key, encoded)
         written = online_store.write_latest(spec, frame)
         context.log.info(f"online store: {written} entity rows upserted")
-        return partitioned_output(context, encoded)
+        return stored_output(partitioned_output(context, encoded))
 
     return [raw, validated, features]
 

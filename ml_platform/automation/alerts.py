@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ml_platform.core.json_lines import append_json_line, iso_time
+from ml_platform.core.secrets import redact
 from ml_platform.layout import StateLayout
 from ml_platform.names import JOB_SUFFIXES
 from ml_platform.settings import ALERT_WEBHOOK_ENV, alert_webhook_url
@@ -79,7 +80,8 @@ def error_text(message: str, cls_name: str | None = None) -> str:
 
 
 def truncate(text: str, limit: int = MAX_REASON_CHARS) -> str:
-    text = text.strip()
+    """One alert reason: credentials masked (`core/secrets.py`), at most `limit` characters."""
+    text = redact(text).strip()
     return text if len(text) <= limit else text[: limit - 15].rstrip() + " … (truncated)"
 
 

@@ -30,8 +30,15 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         base = Path(self.base_dir).joinpath(*asset_key.path)
         return base / f"{partition_key}.parquet" if partition_key else base.with_suffix(".parquet")
 
+    def store(self, asset_key: dg.AssetKey, encoded: dict[str, EncodedFrame]) -> None:
+        """Write partitions now, from the asset body, when something must follow the write
+        (`features` upserts the online store only once its offline rows are on disk); the
+        asset then returns `stored_output(...)`, which this manager does not write again."""
+        for partition_key, frame in encoded.items():
+            atomic_write(self.path_for(asset_key, partition_key), frame.payload)
+
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
-        if obj is None:
+        if obj is None:  # nothing to store, or already stored by `store`
             return
         key = context.asset_key
         if isinstance(obj, dict):
@@ -91,3 +98,13 @@ def _read(path: Path, key: dg.AssetKey) -> pd.DataFrame:
             f"{key.to_user_string()} has no stored data at {path}: materialise it first"
         )
     return read_frame(path)
+
+
+def stored_output(output: dg.Output) -> dg.Output:
+    """The same output (version, metadata) without a value: its data was written by `store`."""
+    return dg.Output(
+        None,
+        output_name=output.output_name,
+        data_version=output.data_version,
+        metadata=output.metadata,
+    )

@@ -6,13 +6,27 @@ exactly what the `features` asset writes.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import dagster as dg
 import pandas as pd
 
+from ml_platform.core.secrets import errors_redacted
 from ml_platform.resources.feature_store import entity_id, latest_rows, open_feature_store
 from ml_platform.specs import PipelineSpec
 
-__all__ = ["OnlineStore"]
+__all__ = ["OnlineStore", "online_store_url_source"]
+
+
+def online_store_url_source(root: Path) -> str | dg.EnvVar:
+    """The store URL as resource config: `dg.EnvVar` when set in the environment, so a Redis
+    password is read when the run starts and never stored in run snapshots (`runs.db`)."""
+    from ml_platform.settings import ONLINE_STORE_URL_ENV, online_store_url
+
+    if os.environ.get(ONLINE_STORE_URL_ENV):
+        return dg.EnvVar(ONLINE_STORE_URL_ENV)
+    return online_store_url(root)
 
 
 class OnlineStore(dg.ConfigurableResource):
@@ -24,11 +38,12 @@ class OnlineStore(dg.ConfigurableResource):
         """Upsert each entity's newest row; returns how many entities were offered."""
         rows = latest_rows(spec, features)
         if rows:
-            store = open_feature_store(self.url)
-            try:
-                store.upsert(spec.name, rows)
-            finally:
-                store.close()
+            with errors_redacted():
+                store = open_feature_store(self.url)
+                try:
+                    store.upsert(spec.name, rows)
+                finally:
+                    store.close()
         return len(rows)
 
     def read(self, spec: PipelineSpec, entities: list[dict]) -> dict[str, dict | None]:
@@ -36,9 +51,10 @@ class OnlineStore(dg.ConfigurableResource):
         import json
 
         ids = [entity_id(spec, e) for e in entities]
-        store = open_feature_store(self.url)
-        try:
-            values = store.get(spec.name, ids)
-        finally:
-            store.close()
+        with errors_redacted():
+            store = open_feature_store(self.url)
+            try:
+                values = store.get(spec.name, ids)
+            finally:
+                store.close()
         return {i: None if v is None else json.loads(v) for i, v in zip(ids, values, strict=True)}

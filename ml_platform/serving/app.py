@@ -111,7 +111,13 @@ def create_app(
     app.state.served = served
     app.state.reloader = reloader
 
-    @app.post("/v1/{pipeline}/predict")
+    # The body is read by the parser, not by FastAPI: its schema is documented here.
+    body = {"anyOf": [p.parser.json_schema() for p in served.values()]} if served else {}
+    documented = {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}}
+    }
+
+    @app.post("/v1/{pipeline}/predict", openapi_extra=documented)
     async def predict(pipeline: str, request: Request) -> Response:
         started = time.perf_counter()
         rid = request_id(request.headers.get("x-request-id"))
@@ -166,6 +172,18 @@ def create_app(
             200,
             rid,
         )
+
+    default_openapi = app.openapi
+
+    def openapi() -> dict:
+        """FastAPI's document, with the served pipelines as the path parameter's values."""
+        schema = default_openapi()  # cached by FastAPI: this edit is made once
+        for param in schema["paths"]["/v1/{pipeline}/predict"]["post"].get("parameters", []):
+            if param["name"] == "pipeline":
+                param["schema"]["enum"] = sorted(served)
+        return schema
+
+    app.openapi = openapi
 
     @app.get("/healthz")
     async def healthz() -> Response:

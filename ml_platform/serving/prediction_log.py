@@ -29,9 +29,9 @@ class PredictionLog:
         if self._fd_key != key:
             self.close()
             folder = self.root / pipeline / day
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             path = folder / f"{socket.gethostname()}-{os.getpid()}.jsonl"
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._fd_key = key
         return self._fd
 

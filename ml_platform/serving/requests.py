@@ -67,6 +67,30 @@ class RequestParser:
         limit = f"with 1 to {self.max_entities} entities"
         self.shape = '{"entities": [{' + example + "}, ...]} " + limit
 
+    def json_schema(self) -> dict[str, Any]:
+        """The body `parse` accepts, as JSON Schema for the app's OpenAPI document (clients and
+        the schemathesis fuzz read it); `parse` stays the one that decides."""
+        text = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS}
+        integer = {
+            "anyOf": [
+                {"type": "integer", "minimum": -(10**18), "maximum": 10**18},
+                {"type": "string", "pattern": r"^-?[0-9]{1,18}$"},
+            ]
+        }
+        entity = {
+            "type": "object",
+            "additionalProperties": False,
+            "required": self.keys,
+            "properties": {k: integer if k in self.int_keys else text for k in self.keys},
+        }
+        entities = {"type": "array", "minItems": 1, "maxItems": self.max_entities, "items": entity}
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["entities"],
+            "properties": {"entities": entities},
+        }
+
     def too_large(self, size: int | str) -> RequestError:
         return RequestError(
             413,

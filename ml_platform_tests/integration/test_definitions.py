@@ -65,6 +65,7 @@ def test_checks_jobs_and_partitions_snapshot(tmp_path):
         ),
         "dvc_recorder",
         "ml_platform_run_failure_alerts",
+        "ml_platform_dead_run_monitor",
     }
     assert {s.name for s in defs.schedules} == {f"{p}_retrain_schedule" for p in PIPELINES}
     # The canary sensor runs by default only where the spec deploys by canary.
