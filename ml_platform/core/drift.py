@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -137,6 +137,46 @@ class DriftReport:
         return "\n".join(lines)
 
 
+class ColumnSource(Protocol):
+    """One window, read a column at a time: what `compute_drift` needs and no more."""
+
+    n_rows: int
+    names: list[str]
+
+    def infer_kinds(self) -> dict[str, str]: ...
+
+    def all_missing(self, name: str) -> bool: ...
+
+    def numeric(self, name: str, window: str) -> np.ndarray: ...
+
+    def counts(self, name: str) -> pd.Series: ...
+
+
+class FrameSource:
+    """A DataFrame as a `ColumnSource`."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self.n_rows = len(frame)
+        self.names = list(frame.columns)
+
+    def infer_kinds(self) -> dict[str, str]:
+        return infer_column_kinds(self.frame)
+
+    def all_missing(self, name: str) -> bool:
+        return bool(self.frame[name].isna().all())
+
+    def numeric(self, name: str, window: str) -> np.ndarray:
+        return _as_float(self.frame[name], window)
+
+    def counts(self, name: str) -> pd.Series:
+        return self.frame[name].value_counts(dropna=True, sort=True)
+
+
+def as_source(window: pd.DataFrame | ColumnSource) -> ColumnSource:
+    return FrameSource(window) if isinstance(window, pd.DataFrame) else window
+
+
 def infer_column_kinds(frame: pd.DataFrame) -> dict[str, str]:
     """Numeric vs categorical by dtype; date and time columns are left out.
 
@@ -158,22 +198,35 @@ def infer_column_kinds(frame: pd.DataFrame) -> dict[str, str]:
 
 
 def compute_drift(
-    reference: pd.DataFrame,
-    current: pd.DataFrame,
+    reference: pd.DataFrame | ColumnSource,
+    current: pd.DataFrame | ColumnSource,
     *,
     columns: dict[str, str] | None = None,
     thresholds: DriftThresholds = DriftThresholds(),  # frozen, so sharing is safe
 ) -> DriftReport:
-    """Compare every column of `current` with `reference` and decide on effect sizes."""
-    for window, frame in (("reference", reference), ("current", current)):
-        if len(frame) == 0:
+    """Compare every column of `current` with `reference` and decide on effect sizes.
+
+    Either window may be a DataFrame or a `ColumnSource` (one column at a time, e.g. a parquet
+    file), so a caller never has to hold both windows whole when the statistics need one column.
+    """
+    ref, cur = as_source(reference), as_source(current)
+    for window, source in (("reference", ref), ("current", cur)):
+        if source.n_rows == 0:
             raise DriftInputError(f"the {window} window is empty (0 rows); nothing to compare")
-    kinds = _resolve_kinds(reference, current, columns)
-    partial = [
-        _column_stats(reference[c], current[c], kind, thresholds) for c, kind in kinds.items()
-    ]
-    p_values = [s["p_value"] for s in partial]
-    adjusted = _adjust_defined(p_values)
+    kinds = _resolve_kinds(ref, cur, columns)
+    partial = [_column_stats(ref, cur, c, kind, thresholds) for c, kind in kinds.items()]
+    return report_from_stats(kinds, partial, ref.n_rows, cur.n_rows, thresholds)
+
+
+def report_from_stats(
+    kinds: dict[str, str],
+    partial: list[dict],
+    n_reference: int,
+    n_current: int,
+    thresholds: DriftThresholds,
+) -> DriftReport:
+    """Adjust the p-values across columns and decide each column and the dataset."""
+    adjusted = _adjust_defined([s["p_value"] for s in partial])
     results = [
         _decide(str(name), kind, stats_, p_adj, thresholds)
         for (name, kind), stats_, p_adj in zip(kinds.items(), partial, adjusted, strict=True)
@@ -183,8 +236,8 @@ def compute_drift(
         columns=results,
         drift_share=share,
         dataset_drift=share >= thresholds.drift_share,
-        n_reference=len(reference),
-        n_current=len(current),
+        n_reference=n_reference,
+        n_current=n_current,
         thresholds=thresholds,
     )
 
@@ -211,28 +264,68 @@ def concept_drift(errors_current: np.ndarray, holdout_mae: float, tolerance: flo
 # --- column statistics --------------------------------------------------------------------------
 
 
-def _column_stats(ref: pd.Series, cur: pd.Series, kind: str, t: DriftThresholds) -> dict:
+def _column_stats(
+    ref: ColumnSource, cur: ColumnSource, name: str, kind: str, t: DriftThresholds
+) -> dict:
     if kind == NUMERIC:
-        return _numeric_stats(_as_float(ref, "reference"), _as_float(cur, "current"), t.bins)
-    return _categorical_stats(ref, cur)
+        return numeric_stats(
+            NumericReference.of(ref.numeric(name, "reference")), cur.numeric(name, "current"), t.bins
+        )
+    return categorical_stats(ref.counts(name), ref.n_rows, cur.counts(name), cur.n_rows)
 
 
-def _numeric_stats(ref: np.ndarray, cur: np.ndarray, bins: int) -> dict:
-    ref, missing_ref = _finite(ref)
+@dataclass
+class NumericReference:
+    """The reference side of a numeric column, computed once; `sort()` makes it reusable.
+
+    A backfill compares one reference with hundreds of windows: with the values sorted, the
+    reference's histogram on each window's grid costs a binary search, not a pass over the rows.
+    """
+
+    values: np.ndarray  # finite values only
+    missing: float
+    std: float
+    bulk: tuple[float, float]
+    ordered: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, raw: np.ndarray) -> NumericReference:
+        values, missing = _finite(raw)
+        std = float(np.std(values)) if values.size else math.nan
+        bulk = _bulk_range(values) if values.size else (math.nan, math.nan)
+        return cls(values, missing, std, bulk)
+
+    def sort(self) -> NumericReference:
+        self.ordered = np.sort(self.values)
+        return self
+
+    def histogram(self, lo: float, scale: float) -> tuple[np.ndarray, float, float]:
+        if self.ordered is None:
+            return _cell_histogram(self.values, lo, scale)
+        return _sorted_cell_histogram(self.ordered, lo, scale)
+
+
+def numeric_stats(reference: NumericReference, cur: np.ndarray, bins: int) -> dict:
+    """PSI, normalised Wasserstein and the KS p-value of one numeric column (raw `cur`)."""
+    ref = reference.values
     cur, missing_cur = _finite(cur)
-    out = _empty_stats(missing_ref, missing_cur)
+    out = _empty_stats(reference.missing, missing_cur)
     if out["note"]:
         return out
-    ref_min, ref_max = float(ref.min()), float(ref.max())
+    ref_min, ref_max = (
+        (float(reference.ordered[0]), float(reference.ordered[-1]))
+        if reference.ordered is not None
+        else (float(ref.min()), float(ref.max()))
+    )
     if ref_min == ref_max:
         return _constant_reference(ref_min, ref.size, cur, out)
-    lo_r, hi_r = _bulk_range(ref)
+    lo_r, hi_r = reference.bulk
     lo_c, hi_c = _bulk_range(cur)
     lo, hi = min(lo_r, lo_c), max(hi_r, hi_c)
     if not hi > lo:  # the bulk is a single value; keep a tiny grid, tails are summed exactly
         hi = lo + max(abs(lo), 1.0) * 1e-9
     scale = _GRID_CELLS / (hi - lo)
-    counts_r, below_r, above_r = _cell_histogram(ref, lo, scale)
+    counts_r, below_r, above_r = reference.histogram(lo, scale)
     counts_c, below_c, above_c = _cell_histogram(cur, lo, scale)
     cdf_r = np.cumsum(counts_r) / ref.size
     cdf_c = np.cumsum(counts_c) / cur.size
@@ -246,7 +339,7 @@ def _numeric_stats(ref: np.ndarray, cur: np.ndarray, bins: int) -> dict:
     ref_bins, cur_bins = _quantile_bins(counts_r, counts_c, bins)
     out.update(
         psi=psi(ref_bins, cur_bins),
-        distance=wasserstein / float(np.std(ref)),
+        distance=wasserstein / reference.std,
         p_value=_ks_p_value(ks, ref.size, cur.size),
     )
     return out
@@ -270,12 +363,14 @@ def _constant_reference(value: float, n_ref: int, cur: np.ndarray, out: dict) ->
     return out
 
 
-def _categorical_stats(ref: pd.Series, cur: pd.Series) -> dict:
-    counts_ref = ref.value_counts(dropna=True, sort=True)
-    counts_cur = cur.value_counts(dropna=True, sort=False)
+def categorical_stats(counts_ref: pd.Series, len_ref: int, counts_cur: pd.Series, len_cur: int) -> dict:
+    """PSI, Jensen-Shannon distance and chi-square p-value from value counts (missing left out).
+
+    `counts_ref` is sorted by count, largest first; `len_*` count every row, missing included.
+    """
     counts_ref, counts_cur = counts_ref[counts_ref > 0], counts_cur[counts_cur > 0]
     n_ref, n_cur = int(counts_ref.sum()), int(counts_cur.sum())
-    out = _empty_stats(1 - n_ref / len(ref), 1 - n_cur / len(cur))
+    out = _empty_stats(1 - n_ref / len_ref, 1 - n_cur / len_cur)
     if out["note"]:
         return out
     if len(counts_ref) == 1 and len(counts_cur) == 1 and counts_ref.index[0] == counts_cur.index[0]:
@@ -367,6 +462,39 @@ def _cell_histogram(values: np.ndarray, lo: float, scale: float) -> tuple[np.nda
     np.clip(y, -1, cells, out=y)
     y += 1
     return np.bincount(y.astype(np.intp), minlength=cells + 2), below, above
+
+
+def _sorted_cell_histogram(
+    ordered: np.ndarray, lo: float, scale: float
+) -> tuple[np.ndarray, float, float]:
+    """`_cell_histogram` of sorted values, equal cell for cell, without a pass over them.
+
+    A value's cell is a non-decreasing function of the value, so each cell's first position
+    is found by a binary search that applies exactly `_cell_histogram`'s arithmetic; only the
+    tails (a few percent of the values) are touched to sum their excesses.
+    """
+    cells = _GRID_CELLS
+    wanted = np.arange(1, cells + 2)  # first position of cells 1 .. cells + 1
+    first, last = np.zeros(wanted.size, dtype=np.intp), np.full(wanted.size, ordered.size)
+    with np.errstate(over="ignore", invalid="ignore"):
+        while np.any(first < last):
+            middle = (first + last) // 2
+            probe = ordered[np.minimum(middle, ordered.size - 1)]
+            y = (probe - lo) * scale
+            np.clip(y, -1, cells, out=y)
+            y += 1
+            at_or_past = (y.astype(np.intp) >= wanted) | (middle >= ordered.size)
+            last = np.where(at_or_past & (first < last), middle, last)
+            first = np.where(~at_or_past & (first < last), middle + 1, first)
+        edges = np.concatenate(([0], first, [ordered.size]))
+        counts = np.diff(edges)
+        below_end = int(np.searchsorted(ordered, lo, side="left"))
+        below = -float(np.sum((ordered[:below_end] - lo) * scale))
+        tail = ordered[int(first[-1]) :]  # values in the last cell: y >= cells
+        y_tail = (tail - lo) * scale
+        over = y_tail > cells
+        above = float(np.sum(y_tail[over])) - cells * int(np.count_nonzero(over))
+    return counts.astype(np.int64), below, above
 
 
 def _integral_abs_linear(diff: np.ndarray) -> float:
@@ -469,7 +597,7 @@ def _adjust_defined(p_values: list[float | None]) -> list[float | None]:
 
 
 def _resolve_kinds(
-    reference: pd.DataFrame, current: pd.DataFrame, columns: dict[str, str] | None
+    reference: ColumnSource, current: ColumnSource, columns: dict[str, str] | None
 ) -> dict[str, str]:
     if columns is not None:
         unknown = {c: k for c, k in columns.items() if k not in _KINDS}
@@ -480,18 +608,18 @@ def _resolve_kinds(
             raise DriftInputError(f"columns not found: {', '.join(missing)}")
         kinds = dict(columns)
     else:
-        only_ref = [c for c in reference.columns if c not in current.columns]
-        only_cur = [c for c in current.columns if c not in reference.columns]
+        only_ref = [c for c in reference.names if c not in current.names]
+        only_cur = [c for c in current.names if c not in reference.names]
         if only_ref or only_cur:
             raise DriftInputError(
                 f"the windows have different columns: only in reference {only_ref}, only in "
                 f"current {only_cur}; pass the columns to compare explicitly"
             )
-        inferred_ref, inferred_cur = infer_column_kinds(reference), infer_column_kinds(current)
+        inferred_ref, inferred_cur = reference.infer_kinds(), current.infer_kinds()
         kinds = {}
-        for c in reference.columns:
+        for c in reference.names:
             kind = inferred_ref.get(c)
-            if kind != inferred_cur.get(c) and reference[c].isna().all():
+            if kind != inferred_cur.get(c) and reference.all_missing(c):
                 kind = inferred_cur.get(c)  # an all-missing column's dtype says nothing
             if kind is not None:
                 kinds[c] = kind
@@ -500,10 +628,12 @@ def _resolve_kinds(
     return kinds
 
 
-def _missing_columns(names: list[str], reference: pd.DataFrame, current: pd.DataFrame) -> list:
+def _missing_columns(names: list[str], reference: ColumnSource, current: ColumnSource) -> list:
     missing = []
     for name in names:
-        windows = [w for w, f in (("reference", reference), ("current", current)) if name not in f]
+        windows = [
+            w for w, f in (("reference", reference), ("current", current)) if name not in f.names
+        ]
         if windows:
             missing.append(f"{name!r} (missing from {' and '.join(windows)})")
     return missing
