@@ -279,7 +279,9 @@ def whole_processes(paths: dict[str, Path]) -> dict:
 
 
 def print_whole_processes(runs: dict, rows: int) -> dict[str, float]:
-    print(f"\nWhole processes on parquet files, {rows:,} rows x {N_NUMERIC + N_CATEGORICAL} columns")
+    print(
+        f"\nWhole processes on parquet files, {rows:,} rows x {N_NUMERIC + N_CATEGORICAL} columns"
+    )
     print(f"{'scenario':9} {'process':42} {'wall s':>8} {'peak RSS':>10}")
     labels = {
         "floor": "floor: python + pyarrow read both files",
@@ -347,9 +349,7 @@ def print_results(runs: dict, rows: int, processes: dict, whole: dict[str, float
     ours, ev = runs["ours", "shifted"], runs["evidently", "shifted"]
     assert ours["fingerprint"] == ev["fingerprint"], "the tools saw different data"
     version = importlib.metadata.version("evidently")
-    print(
-        f"\nIn process (imports and data build before the clock), data {ours['fingerprint']}\n"
-    )
+    print(f"\nIn process (imports and data build before the clock), data {ours['fingerprint']}\n")
     print(
         f"{'scenario':9} {'tool':18} {'time s':>8} {'RSS at start':>13} {'peak RSS in run':>16}"
         f" {'run - start':>12} {'process peak':>13} {'drift_share':>12}"
@@ -393,9 +393,13 @@ def print_results(runs: dict, rows: int, processes: dict, whole: dict[str, float
     agreement = agree / len(kinds())
     print(f"\nsame verdict in all four runs (shifted): {agree}/{len(kinds())} = {agreement:.0%}")
     control = {k: processes[k, "control"]["drift_share"] for k in ("ours", "evidently")}
-    print(f"control drift_share (files): ours {control['ours']:.2f}, Evidently {control['evidently']:.2f}")
+    ours_share, ev_share = control["ours"], control["evidently"]
+    print(f"control drift_share (files): ours {ours_share:.2f}, Evidently {ev_share:.2f}")
     checks = [
-        (f"whole-process speed-up >= {TARGETS['speedup']:.0f}x", whole["speedup"] >= TARGETS["speedup"]),
+        (
+            f"whole-process speed-up >= {TARGETS['speedup']:.0f}x",
+            whole["speedup"] >= TARGETS["speedup"],
+        ),
         (
             f"whole-process peak RSS <= {TARGETS['memory_ratio']:g} of Evidently",
             whole["memory_ratio"] <= TARGETS["memory_ratio"],

@@ -269,7 +269,9 @@ def _column_stats(
 ) -> dict:
     if kind == NUMERIC:
         return numeric_stats(
-            NumericReference.of(ref.numeric(name, "reference")), cur.numeric(name, "current"), t.bins
+            NumericReference.of(ref.numeric(name, "reference")),
+            cur.numeric(name, "current"),
+            t.bins,
         )
     return categorical_stats(ref.counts(name), ref.n_rows, cur.counts(name), cur.n_rows)
 
@@ -363,7 +365,9 @@ def _constant_reference(value: float, n_ref: int, cur: np.ndarray, out: dict) ->
     return out
 
 
-def categorical_stats(counts_ref: pd.Series, len_ref: int, counts_cur: pd.Series, len_cur: int) -> dict:
+def categorical_stats(
+    counts_ref: pd.Series, len_ref: int, counts_cur: pd.Series, len_cur: int
+) -> dict:
     """PSI, Jensen-Shannon distance and chi-square p-value from value counts (missing left out).
 
     `counts_ref` is sorted by count, largest first; `len_*` count every row, missing included.

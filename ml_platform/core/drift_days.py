@@ -97,7 +97,9 @@ class PreparedReference:
                 partial.append(numeric_stats(self.numeric[name], current, self.thresholds.bins))
             else:
                 counts = window[name].value_counts(dropna=True, sort=True)
-                partial.append(categorical_stats(self.counts[name], self.n_rows, counts, len(window)))
+                partial.append(
+                    categorical_stats(self.counts[name], self.n_rows, counts, len(window))
+                )
         return report_from_stats(self.columns, partial, self.n_rows, len(window), self.thresholds)
 
 
@@ -137,9 +139,7 @@ def daily_drift(
         # only when that later day is in the window too.
         lo = np.searchsorted(loss_stamps, start, side="left")
         hi = np.searchsorted(loss_stamps, end - horizon, side="right")
-        concept = concept_drift(
-            losses[lo:hi], holdout_loss, spec.drift.concept_drift_tolerance
-        )
+        concept = concept_drift(losses[lo:hi], holdout_loss, spec.drift.concept_drift_tolerance)
         results.append(DayDrift(day, report, concept, bool(in_sample)))
     return results
 

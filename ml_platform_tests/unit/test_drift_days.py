@@ -134,7 +134,7 @@ def test_a_range_gives_each_day_the_single_day_report(spec, sales):
     assert [d.day for d in ranged] == wanted
     assert {d.in_sample for d in ranged} == {True, False}
     window = spec.drift.window_days
-    for result in ranged[:: max(1, len(ranged) // 7)] + [ranged[-1]]:
+    for result in [*ranged[:: max(1, len(ranged) // 7)], ranged[-1]]:
         day = result.day
         first = pd.Timestamp(day - timedelta(days=window - 1))
         upstream = features[(features.date >= first) & (features.date <= pd.Timestamp(day))]
