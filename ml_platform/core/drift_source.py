@@ -26,21 +26,30 @@ class ParquetSource:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.file = pq.ParquetFile(path)  # raises ArrowInvalid (a ValueError) if not parquet
+        schema = pq.read_schema(path)  # raises ArrowInvalid (a ValueError) if not parquet
+        text = [f.name for f in schema if pa.types.is_string(f.type)]
+        # Text columns arrive dictionary-encoded: counting codes is far cheaper than strings.
+        self.file = pq.ParquetFile(path, read_dictionary=text)
         self.n_rows = self.file.metadata.num_rows
-        self.names = [n for n in self.file.schema_arrow.names if not n.startswith("__index")]
+        self.names = [n for n in schema.names if not n.startswith("__index")]
+        self.schema = schema  # as written: text stays text for the kind inference
 
     def _column(self, name: str) -> pa.ChunkedArray:
-        return self.file.read(columns=[name], use_pandas_metadata=False).column(0)
+        table = self.file.read(columns=[name], use_pandas_metadata=False)
+        return table.unify_dictionaries().column(0)  # one dictionary across row groups
 
     def infer_kinds(self) -> dict[str, str]:
-        """Pandas' view of the first rows, so the kinds match a frame read with pandas."""
-        if self.n_rows == 0:
-            head = self.file.schema_arrow.empty_table().to_pandas()
-        else:
-            batch = next(self.file.iter_batches(batch_size=_HEAD_ROWS, columns=self.names))
-            head = pa.Table.from_batches([batch]).to_pandas()
-        return infer_column_kinds(head[self.names])
+        """Pandas' dtypes from the schema, plus the first rows of text columns (which may hold
+        dates), so the kinds match a frame read with pandas without reading the file."""
+        empty = self.schema.empty_table().to_pandas()
+        kinds: dict[str, str] = {}
+        for name in self.names:
+            head = empty[[name]]
+            if head[name].dtype == object and self.n_rows:
+                values = self._column(name).slice(0, _HEAD_ROWS).to_pandas()
+                head = pd.DataFrame({name: values.to_numpy()})
+            kinds.update(infer_column_kinds(head))
+        return kinds
 
     def all_missing(self, name: str) -> bool:
         return bool(self._column(name).to_pandas().isna().all())  # NaN counts, as in pandas
@@ -60,9 +69,7 @@ class ParquetSource:
 
     def counts(self, name: str) -> pd.Series:
         column = self._column(name)
-        kind = column.type
-        if pa.types.is_dictionary(kind):
-            column, kind = column.cast(kind.value_type), kind.value_type
+        kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             series = column.to_pandas()
             try:
@@ -73,6 +80,9 @@ class ParquetSource:
                     "compared as categories"
                 ) from exc
         counted = pc.value_counts(column.drop_null())
-        values = counted.field("values").to_numpy(zero_copy_only=False)
+        values = counted.field("values")
+        if pa.types.is_dictionary(values.type):
+            values = values.dictionary_decode()
+        values = values.to_numpy(zero_copy_only=False)
         totals = counted.field("counts").to_numpy()
         return pd.Series(totals, index=values).sort_values(ascending=False, kind="stable")
