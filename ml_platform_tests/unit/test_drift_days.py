@@ -14,19 +14,19 @@ import pytest
 
 from ml_platform.core import training
 from ml_platform.core.datagen import GeneratorConfig, generate_day
-from ml_platform.core.drift import (
-    _GRID_CELLS,
-    NumericReference,
-    _cell_histogram,
-    _sorted_cell_histogram,
-    compute_drift,
-)
+from ml_platform.core.drift import compute_drift
 from ml_platform.core.drift_days import (
     PreparedReference,
     daily_drift,
     drift_columns,
     thresholds_for,
     window_of,
+)
+from ml_platform.core.drift_numeric import (
+    _GRID_CELLS,
+    NumericReference,
+    _cell_histogram,
+    _sorted_cell_histogram,
 )
 from ml_platform.core.drift_source import ParquetSource
 from ml_platform.core.features import build_features
