@@ -252,11 +252,11 @@ def timed_process(cmd: list[str]) -> dict:
     }
 
 
-def whole_processes(paths: dict[str, Path]) -> dict:
+def whole_processes(paths: dict[str, Path], scenarios: tuple[str, ...]) -> dict:
     """Each tool as a user runs it, on the files; returns timings, peaks and decisions."""
     ref = str(paths["reference"])
     results = {}
-    for scenario in ("shifted", "control"):
+    for scenario in scenarios:
         cur = str(paths[scenario])
         me = [sys.executable, __file__]
         commands = {
@@ -275,6 +275,10 @@ def whole_processes(paths: dict[str, Path]) -> dict:
                     "drift_share": payload["drift_share"],
                 }
             results[tool, scenario] = {**run, **payload}
+            print(
+                f"  {scenario} {tool}: {run['seconds']:.2f} s, {run['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
     return results
 
 
@@ -312,6 +316,12 @@ def main() -> int:
     parser.add_argument("--scenario", choices=["shifted", "control"], help=argparse.SUPPRESS)
     parser.add_argument("--child-files", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--keep", type=Path, help="write the parquet files here and keep them")
+    parser.add_argument(
+        "--shifted-only",
+        action="store_true",
+        help="whole processes on the shifted files and our in-process run only (one Evidently "
+        "run instead of four, for a busy machine)",
+    )
     args = parser.parse_args()
     if args.child:
         child(args.child, args.scenario, args.rows, args.seed)
@@ -331,18 +341,50 @@ def main() -> int:
     folder = args.keep or Path(tempfile.mkdtemp(prefix="drift_bench_"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        processes = whole_processes(write_files(args.rows, args.seed, folder))
+        scenarios = ("shifted",) if args.shifted_only else ("shifted", "control")
+        processes = whole_processes(write_files(args.rows, args.seed, folder), scenarios)
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
-    runs = {
-        (tool, sc): spawn(tool, sc, args.rows, args.seed)
-        for sc in ("shifted", "control")
-        for tool in ("ours", "evidently")
-    }
+    tools = ("ours",) if args.shifted_only else ("ours", "evidently")
+    runs = {(tool, sc): spawn(tool, sc, args.rows, args.seed) for sc in scenarios for tool in tools}
     whole = print_whole_processes(processes, args.rows)
-    print_results(runs, args.rows, processes, whole)
+    if args.shifted_only:
+        print_quick(runs["ours", "shifted"], processes, whole)
+    else:
+        print_results(runs, args.rows, processes, whole)
     return 0
+
+
+def print_quick(ours: dict, processes: dict, whole: dict[str, float]) -> None:
+    """--shifted-only: our in-process time, and the whole-process verdicts side by side."""
+    print(
+        f"\nours in process (shifted): {ours['seconds']:.2f} s, peak in run "
+        f"{ours['rss_run_peak_mb']:.0f} MB"
+    )
+    mine, theirs = processes["ours", "shifted"], processes["evidently", "shifted"]
+    same = [c for c in kinds() if mine["decisions"][c] == theirs["decisions"].get(c)]
+    assert ours["decisions"] == mine["decisions"], "in-process and CLI verdicts differ"
+    print(f"{'column':8} {'shift injected':>14} {'ours (CLI)':>11} {'Evidently (files)':>18}")
+    for c in kinds():
+        injected = "yes" if c in SHIFTED_COLUMNS else "no"
+        print(
+            f"{c:8} {injected:>14} {_yn(mine['decisions'][c]):>11} "
+            f"{_yn(theirs['decisions'].get(c)):>18}"
+        )
+    print(f"\nsame verdict: {len(same)}/{len(kinds())}")
+    checks = [
+        (
+            f"whole-process speed-up >= {TARGETS['speedup']:.0f}x",
+            whole["speedup"] >= TARGETS["speedup"],
+        ),
+        (
+            "whole-process peak RSS <= 0.2 of Evidently",
+            whole["memory_ratio"] <= TARGETS["memory_ratio"],
+        ),
+        ("same verdict on every column", len(same) == len(kinds())),
+    ]
+    print("\n" + "\n".join(f"target {name}: {'met' if ok else 'NOT met'}" for name, ok in checks))
 
 
 def print_results(runs: dict, rows: int, processes: dict, whole: dict[str, float]) -> None:
