@@ -315,6 +315,7 @@ def main() -> int:
     parser.add_argument("--child", choices=["ours", "evidently"], help=argparse.SUPPRESS)
     parser.add_argument("--scenario", choices=["shifted", "control"], help=argparse.SUPPRESS)
     parser.add_argument("--child-files", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child-write", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--keep", type=Path, help="write the parquet files here and keep them")
     parser.add_argument(
         "--shifted-only",
@@ -325,6 +326,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         child(args.child, args.scenario, args.rows, args.seed)
+        return 0
+    if args.child_write:
+        write_files(args.rows, args.seed, args.child_write)
         return 0
     if args.child_files:
         what, reference, current = args.child_files
@@ -342,7 +346,13 @@ def main() -> int:
     folder.mkdir(parents=True, exist_ok=True)
     try:
         scenarios = ("shifted",) if args.shifted_only else ("shifted", "control")
-        processes = whole_processes(write_files(args.rows, args.seed, folder), scenarios)
+        # The files are written by a child: a process's peak RSS counts the peak of the process
+        # it was started from (the kernel keeps the pre-exec high-water mark), so this one
+        # must never hold the frames.
+        write = [sys.executable, __file__, "--child-write", str(folder), "--rows", str(args.rows)]
+        subprocess.run([*write, "--seed", str(args.seed)], check=True)
+        paths = {name: folder / f"{name}.parquet" for name in ("reference", *scenarios)}
+        processes = whole_processes(paths, scenarios)
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
