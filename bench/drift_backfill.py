@@ -32,13 +32,20 @@ PIPELINE = "sales_forecast"
 TARGET_SECONDS = 30.0
 
 
-def run(cmd: list[str], root: Path) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return seconds
+def run(cmd: list[str], root: Path) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system) of one child process.
+
+    CPU seconds are what to compare on a busy machine, where wall time mostly measures the queue.
+    """
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        child = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            sys.exit(f"{' '.join(cmd)} failed:\n{err.read().decode()[-3000:]}")
+    return seconds, usage.ru_utime + usage.ru_stime
 
 
 def build_root(root: Path, stores: int, days: int) -> None:
@@ -75,7 +82,7 @@ def in_process(root: Path) -> tuple[float, float, int]:
     days = sorted(date.fromisoformat(p.stem) for p in (data / "features").glob("*.parquet"))
     holdout = float(version.tags.get(HOLDOUT_LOSS_TAG, version.tags.get("holdout_mae")))
 
-    start = time.perf_counter()
+    start = time.process_time()
     daily_drift(
         reference,
         features,
@@ -85,10 +92,10 @@ def in_process(root: Path) -> tuple[float, float, int]:
         model_version=int(version.version),
         holdout_loss=holdout,
     )
-    shared = time.perf_counter() - start
+    shared = time.process_time() - start
 
     columns, thresholds = drift_columns(spec), thresholds_for(spec)
-    start = time.perf_counter()
+    start = time.process_time()
     for day in days:  # the old asset body: every window alone
         window = window_of(features, spec, day)
         compute_drift(reference, window, columns=columns, thresholds=thresholds)
@@ -96,7 +103,7 @@ def in_process(root: Path) -> tuple[float, float, int]:
         made = predictions[(predictions[spec.timestamp] >= first)]
         made = made[made[spec.timestamp] <= pd.Timestamp(day)]
         training.realised_losses(made, window, spec, int(version.version))
-    alone = time.perf_counter() - start
+    alone = time.process_time() - start
     return shared, alone, len(days)
 
 
@@ -115,15 +122,15 @@ def main() -> int:
             build_root(root, args.stores, args.days)
             print(f"built the demo root in {time.perf_counter() - started:.0f} s: {root}")
         command = [str(ML_PLATFORM), "materialize", PIPELINE, "drift_report"]
-        whole = run(command, root)
+        whole, cpu = run(command, root)
         shared, alone, days = in_process(root)
     finally:
         if args.root is None and not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     print(f"\n{days} daily drift reports, {root}")
-    print(f"  `{' '.join(command[1:])}` whole process: {whole:8.1f} s")
-    print(f"  in process, daily_drift (shared work):          {shared:8.2f} s")
-    print(f"  in process, one compute_drift per day (before): {alone:8.2f} s")
+    print(f"  `{' '.join(command[1:])}` whole process: {whole:8.1f} s ({cpu:.1f} s CPU)")
+    print(f"  in process, daily_drift (shared work):          {shared:8.2f} s CPU")
+    print(f"  in process, one compute_drift per day (before): {alone:8.2f} s CPU")
     print(f"  shared work is {alone / shared:.1f}x faster than a comparison per day")
     met = "met" if whole <= TARGET_SECONDS else "NOT met"
     print(f"\ntarget {days} reports <= {TARGET_SECONDS:.0f} s as a whole process: {met}")
