@@ -56,7 +56,7 @@ def build_root(root: Path, stores: int, days: int) -> None:
     run([str(ML_PLATFORM), "demo", "--pipeline", PIPELINE], root)
 
 
-def in_process(root: Path) -> tuple[float, float, int]:
+def in_process(root: Path, every: int) -> tuple[float, float, int]:
     """Seconds for `daily_drift` over every day and for the per-day baseline, and the day count."""
     os.chdir(root)
     os.environ["ML_PLATFORM_ROOT"] = str(root)
@@ -95,15 +95,16 @@ def in_process(root: Path) -> tuple[float, float, int]:
     shared = time.process_time() - start
 
     columns, thresholds = drift_columns(spec), thresholds_for(spec)
+    sample = days[::every]  # the baseline is slow: time every `every`-th day and scale up
     start = time.process_time()
-    for day in days:  # the old asset body: every window alone
+    for day in sample:  # the old asset body: every window alone
         window = window_of(features, spec, day)
         compute_drift(reference, window, columns=columns, thresholds=thresholds)
         first = pd.Timestamp(day - timedelta(days=spec.drift.window_days - 1))
         made = predictions[(predictions[spec.timestamp] >= first)]
         made = made[made[spec.timestamp] <= pd.Timestamp(day)]
         training.realised_losses(made, window, spec, int(version.version))
-    alone = time.process_time() - start
+    alone = (time.process_time() - start) * len(days) / len(sample)
     return shared, alone, len(days)
 
 
@@ -113,6 +114,9 @@ def main() -> int:
     parser.add_argument("--stores", type=int, default=1000)
     parser.add_argument("--days", type=int, default=730)
     parser.add_argument("--keep", action="store_true", help="keep the temporary root")
+    parser.add_argument(
+        "--baseline-every", type=int, default=10, help="time the per-day baseline on every Nth day"
+    )
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     root = args.root or Path(tempfile.mkdtemp(prefix="drift_backfill_"))
@@ -123,14 +127,17 @@ def main() -> int:
             print(f"built the demo root in {time.perf_counter() - started:.0f} s: {root}")
         command = [str(ML_PLATFORM), "materialize", PIPELINE, "drift_report"]
         whole, cpu = run(command, root)
-        shared, alone, days = in_process(root)
+        shared, alone, days = in_process(root, args.baseline_every)
     finally:
         if args.root is None and not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     print(f"\n{days} daily drift reports, {root}")
     print(f"  `{' '.join(command[1:])}` whole process: {whole:8.1f} s ({cpu:.1f} s CPU)")
     print(f"  in process, daily_drift (shared work):          {shared:8.2f} s CPU")
-    print(f"  in process, one compute_drift per day (before): {alone:8.2f} s CPU")
+    print(
+        f"  in process, one compute_drift per day (before): {alone:8.2f} s CPU "
+        f"(every {args.baseline_every}th day timed, scaled to all)"
+    )
     print(f"  shared work is {alone / shared:.1f}x faster than a comparison per day")
     met = "met" if whole <= TARGET_SECONDS else "NOT met"
     print(f"\ntarget {days} reports <= {TARGET_SECONDS:.0f} s as a whole process: {met}")
