@@ -12,16 +12,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import pandas as pd
-
 from ml_platform.core.drift import (
     CATEGORICAL,
     NUMERIC,
+    ColumnSource,
     DriftInputError,
     DriftReport,
     DriftThresholds,
+    FrameSource,
     compute_drift,
-    infer_column_kinds,
 )
 from ml_platform.core.drift_render import FORMATS, render
 
@@ -50,7 +49,7 @@ def drift_command(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         report = _run(args)
-    except (DriftInputError, ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # DriftInputError and Arrow's errors are ValueErrors
         print(f"ml-platform drift: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
@@ -96,10 +95,11 @@ def _run(args: argparse.Namespace) -> DriftReport:
         wanted = [c.strip() for c in args.columns.split(",") if c.strip()]
         if not wanted:
             raise DriftInputError("--columns lists no column names")
-        inferred = infer_column_kinds(reference)
+        inferred = reference.infer_kinds()
         kinds = {c: (kinds or {}).get(c) or inferred.get(c, CATEGORICAL) for c in wanted}
     elif kinds is not None:
-        kinds = {c: k for c, k in kinds.items() if c in reference or c in current}
+        present = {*reference.names, *current.names}
+        kinds = {c: k for c, k in kinds.items() if c in present}
         if not kinds:
             raise DriftInputError(f"none of the spec's columns are in {args.reference}")
     return compute_drift(reference, current, columns=kinds, thresholds=thresholds)
@@ -124,7 +124,8 @@ def _from_spec(path: Path) -> tuple[DriftThresholds, dict[str, str]]:
     return thresholds, kinds
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path) -> ColumnSource:
+    """A parquet file stays on disk and is read column by column; a CSV is parsed whole."""
     if not path.exists():
         raise DriftInputError(f"{path}: no such file")
     if not path.is_file():
@@ -132,11 +133,18 @@ def _read_table(path: Path) -> pd.DataFrame:
     suffixes = [s.lower() for s in path.suffixes]
     try:
         if suffixes and suffixes[-1] in (".parquet", ".pq"):
-            return pd.read_parquet(path)
+            from ml_platform.core.drift_source import ParquetSource
+
+            return ParquetSource(path)
         if ".csv" in suffixes[-2:]:
-            return pd.read_csv(path, low_memory=False)
-    except pd.errors.EmptyDataError as exc:
-        raise DriftInputError(f"{path}: the file is empty") from exc
+            import pandas as pd
+
+            try:
+                return FrameSource(pd.read_csv(path, low_memory=False))
+            except pd.errors.EmptyDataError as exc:
+                raise DriftInputError(f"{path}: the file is empty") from exc
+    except DriftInputError:
+        raise
     except (ValueError, OSError) as exc:  # ParserError, ArrowInvalid, UnicodeDecodeError
         raise DriftInputError(f"{path}: cannot read it ({_one_line(exc)})") from exc
     raise DriftInputError(f"{path}: unsupported file type; use .csv or .parquet")

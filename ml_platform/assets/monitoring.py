@@ -3,19 +3,21 @@ drift (the error of the champion's stored predictions, once their labels arrive,
 holdout error)."""
 
 import base64
-import dataclasses
 from collections.abc import Iterator
-from datetime import date, timedelta
 
 import dagster as dg
 import pandas as pd
-from mlflow.entities.model_registry import ModelVersion
 
 from ml_platform.assets.ingest import asset_key, backfill_policy
 from ml_platform.assets.modeling import HOLDOUT_LOSS_TAG
 from ml_platform.assets.results import partition_dates, partitioned_output
-from ml_platform.core import training
-from ml_platform.core.drift import DriftThresholds, compute_drift, concept_drift
+from ml_platform.core.drift_days import (
+    DayDrift,
+    daily_drift,
+    drift_columns,
+    thresholds_for,
+    window_of,
+)
 from ml_platform.core.drift_plot import plot_top_drifted
 from ml_platform.core.storage import atomic_write, encode_frame
 from ml_platform.resources.platform import PlatformPaths
@@ -23,26 +25,7 @@ from ml_platform.resources.registry import CHAMPION, ModelRegistry
 from ml_platform.specs import PipelineSpec
 
 DRIFT_CHECK = "no_dataset_drift"
-
-
-def drift_columns(spec: PipelineSpec) -> dict[str, str]:
-    """Model inputs plus the target; calendar columns drift by construction, so not them."""
-    calendar = set(spec.features.calendar)
-    categorical = set(spec.features.categorical)
-    return {
-        c: "categorical" if c in categorical else "numeric"
-        for c in [spec.target, *spec.feature_columns]
-        if c not in calendar
-    }
-
-
-def thresholds_for(spec: PipelineSpec) -> DriftThresholds:
-    return DriftThresholds(
-        psi=spec.drift.psi_threshold,
-        wasserstein=spec.drift.wasserstein_threshold,
-        js=spec.drift.js_threshold,
-        drift_share=spec.drift.drift_share,
-    )
+__all__ = ["DRIFT_CHECK", "build_monitoring_assets", "drift_columns", "thresholds_for"]
 
 
 def build_monitoring_assets(
@@ -52,7 +35,6 @@ def build_monitoring_assets(
     mapping = dg.TimeWindowPartitionMapping(
         start_offset=-spec.drift.window_days, allow_nonexistent_upstream_partitions=True
     )
-    thresholds = thresholds_for(spec)
 
     @dg.asset(
         key=key,
@@ -104,25 +86,24 @@ def build_monitoring_assets(
             )
             return
         reference = registry.load_reference(spec.name, version)
-        reference_end = pd.Timestamp(reference[spec.timestamp].max())
-        days = partition_dates(context)
-        tables, extra, last = {}, {}, None
-        for day in days:
-            window = _window(features, spec, day)
-            report = compute_drift(
-                reference, window, columns=drift_columns(spec), thresholds=thresholds
-            )
-            if pd.Timestamp(day) <= reference_end:  # the model has seen these days: no verdict
-                report = dataclasses.replace(report, dataset_drift=False)
-            concept = _concept(predictions, window, spec, version)
-            tables[day.isoformat()] = encode_frame(
-                pd.DataFrame([c.to_dict() for c in report.columns])
-            )
-            extra[day.isoformat()] = _metadata(report, concept, int(version.version), spec)
-            extra[day.isoformat()]["in_sample"] = bool(pd.Timestamp(day) <= reference_end)
-            last = (day, window, report, concept)
-        day, window, report, concept = last
-        svg = plot_top_drifted(reference, window, report).encode()
+        holdout = version.tags.get(HOLDOUT_LOSS_TAG, version.tags.get("holdout_mae"))
+        days = daily_drift(
+            reference,
+            features,
+            predictions,
+            partition_dates(context),
+            spec=spec,
+            model_version=int(version.version),
+            holdout_loss=float(holdout),
+        )
+        tables = {
+            d.day.isoformat(): encode_frame(pd.DataFrame([c.to_dict() for c in d.report.columns]))
+            for d in days
+        }
+        extra = {d.day.isoformat(): _metadata(d, int(version.version), spec) for d in days}
+        last = days[-1]
+        day, report, concept = last.day, last.report, last.concept
+        svg = plot_top_drifted(reference, window_of(features, spec, day), report).encode()
         plot_path = paths.state_dir / "reports" / spec.name / f"drift_{day.isoformat()}.svg"
         atomic_write(plot_path, svg)
         extra[day.isoformat()]["plot"] = dg.MetadataValue.md(
@@ -147,24 +128,8 @@ def build_monitoring_assets(
     return [drift_report]
 
 
-def _window(features: pd.DataFrame, spec: PipelineSpec, day: date) -> pd.DataFrame:
-    ts = features[spec.timestamp]
-    start = pd.Timestamp(day - timedelta(days=spec.drift.window_days - 1))
-    return features[(ts >= start) & (ts <= pd.Timestamp(day))].reset_index(drop=True)
-
-
-def _concept(
-    predictions: pd.DataFrame, window: pd.DataFrame, spec: PipelineSpec, version: ModelVersion
-) -> dict:
-    """Loss of the champion's stored predictions for the window, where the label has arrived,
-    against its holdout loss (MAE, or log loss for a classifier)."""
-    losses = training.realised_losses(predictions, window, spec, int(version.version))
-    holdout = version.tags.get(HOLDOUT_LOSS_TAG, version.tags.get("holdout_mae"))
-    return concept_drift(losses, float(holdout), spec.drift.concept_drift_tolerance)
-
-
-def _metadata(report, concept: dict, version: int, spec: PipelineSpec) -> dict:
-    loss = spec.loss_name
+def _metadata(d: DayDrift, version: int, spec: PipelineSpec) -> dict:
+    report, concept, loss = d.report, d.concept, spec.loss_name
     return {
         "dataset_drift": bool(report.dataset_drift),
         "drift_share": float(report.drift_share),
@@ -177,4 +142,5 @@ def _metadata(report, concept: dict, version: int, spec: PipelineSpec) -> dict:
         "concept_labelled_rows": int(concept["n"]),
         "champion_version": version,
         "report": dg.MetadataValue.md(report.to_markdown()),
+        "in_sample": d.in_sample,
     }

@@ -14,21 +14,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-from scipy import special, stats
+from scipy import special
 from scipy.spatial import distance as scipy_distance
+
+from ml_platform.core.drift_numeric import (  # noqa: F401 (psi, PSI_EPSILON: the one PSI)
+    PSI_EPSILON,
+    NumericReference,
+    _finite,
+    empty_stats,
+    numeric_stats,
+    psi,
+)
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 _KINDS = (NUMERIC, CATEGORICAL)
 
-PSI_EPSILON = 1e-4  # floor for bin shares, so empty bins (unseen/vanished values) stay finite
-_GRID_CELLS = 4096  # fine cells between the bulk quantiles; Wasserstein error is about range/4096
-_RANGE_SAMPLE = 20_000  # a random sample places the grid; the tails beyond it are summed exactly
-_RANGE_QUANTILES = (0.01, 0.99)  # outliers and sentinels fall in the tails, not the grid
 _MIN_CATEGORY_SHARE = 0.01  # rarer reference categories (and unseen ones) share an "other" bucket
 _ISO_DATE = r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?"
 
@@ -137,6 +142,46 @@ class DriftReport:
         return "\n".join(lines)
 
 
+class ColumnSource(Protocol):
+    """One window, read a column at a time: what `compute_drift` needs and no more."""
+
+    n_rows: int
+    names: list[str]
+
+    def infer_kinds(self) -> dict[str, str]: ...
+
+    def all_missing(self, name: str) -> bool: ...
+
+    def numeric(self, name: str, window: str) -> np.ndarray: ...
+
+    def counts(self, name: str) -> pd.Series: ...
+
+
+class FrameSource:
+    """A DataFrame as a `ColumnSource`."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self.n_rows = len(frame)
+        self.names = list(frame.columns)
+
+    def infer_kinds(self) -> dict[str, str]:
+        return infer_column_kinds(self.frame)
+
+    def all_missing(self, name: str) -> bool:
+        return bool(self.frame[name].isna().all())
+
+    def numeric(self, name: str, window: str) -> np.ndarray:
+        return _as_float(self.frame[name], window)
+
+    def counts(self, name: str) -> pd.Series:
+        return self.frame[name].value_counts(dropna=True, sort=True)
+
+
+def as_source(window: pd.DataFrame | ColumnSource) -> ColumnSource:
+    return FrameSource(window) if isinstance(window, pd.DataFrame) else window
+
+
 def infer_column_kinds(frame: pd.DataFrame) -> dict[str, str]:
     """Numeric vs categorical by dtype; date and time columns are left out.
 
@@ -158,22 +203,35 @@ def infer_column_kinds(frame: pd.DataFrame) -> dict[str, str]:
 
 
 def compute_drift(
-    reference: pd.DataFrame,
-    current: pd.DataFrame,
+    reference: pd.DataFrame | ColumnSource,
+    current: pd.DataFrame | ColumnSource,
     *,
     columns: dict[str, str] | None = None,
     thresholds: DriftThresholds = DriftThresholds(),  # frozen, so sharing is safe
 ) -> DriftReport:
-    """Compare every column of `current` with `reference` and decide on effect sizes."""
-    for window, frame in (("reference", reference), ("current", current)):
-        if len(frame) == 0:
+    """Compare every column of `current` with `reference` and decide on effect sizes.
+
+    Either window may be a DataFrame or a `ColumnSource` (one column at a time, e.g. a parquet
+    file), so a caller never has to hold both windows whole when the statistics need one column.
+    """
+    ref, cur = as_source(reference), as_source(current)
+    for window, source in (("reference", ref), ("current", cur)):
+        if source.n_rows == 0:
             raise DriftInputError(f"the {window} window is empty (0 rows); nothing to compare")
-    kinds = _resolve_kinds(reference, current, columns)
-    partial = [
-        _column_stats(reference[c], current[c], kind, thresholds) for c, kind in kinds.items()
-    ]
-    p_values = [s["p_value"] for s in partial]
-    adjusted = _adjust_defined(p_values)
+    kinds = _resolve_kinds(ref, cur, columns)
+    partial = [_column_stats(ref, cur, c, kind, thresholds) for c, kind in kinds.items()]
+    return report_from_stats(kinds, partial, ref.n_rows, cur.n_rows, thresholds)
+
+
+def report_from_stats(
+    kinds: dict[str, str],
+    partial: list[dict],
+    n_reference: int,
+    n_current: int,
+    thresholds: DriftThresholds,
+) -> DriftReport:
+    """Adjust the p-values across columns and decide each column and the dataset."""
+    adjusted = _adjust_defined([s["p_value"] for s in partial])
     results = [
         _decide(str(name), kind, stats_, p_adj, thresholds)
         for (name, kind), stats_, p_adj in zip(kinds.items(), partial, adjusted, strict=True)
@@ -183,8 +241,8 @@ def compute_drift(
         columns=results,
         drift_share=share,
         dataset_drift=share >= thresholds.drift_share,
-        n_reference=len(reference),
-        n_current=len(current),
+        n_reference=n_reference,
+        n_current=n_current,
         thresholds=thresholds,
     )
 
@@ -211,71 +269,28 @@ def concept_drift(errors_current: np.ndarray, holdout_mae: float, tolerance: flo
 # --- column statistics --------------------------------------------------------------------------
 
 
-def _column_stats(ref: pd.Series, cur: pd.Series, kind: str, t: DriftThresholds) -> dict:
+def _column_stats(
+    ref: ColumnSource, cur: ColumnSource, name: str, kind: str, t: DriftThresholds
+) -> dict:
     if kind == NUMERIC:
-        return _numeric_stats(_as_float(ref, "reference"), _as_float(cur, "current"), t.bins)
-    return _categorical_stats(ref, cur)
+        return numeric_stats(
+            NumericReference.of(ref.numeric(name, "reference")),
+            cur.numeric(name, "current"),
+            t.bins,
+        )
+    return categorical_stats(ref.counts(name), ref.n_rows, cur.counts(name), cur.n_rows)
 
 
-def _numeric_stats(ref: np.ndarray, cur: np.ndarray, bins: int) -> dict:
-    ref, missing_ref = _finite(ref)
-    cur, missing_cur = _finite(cur)
-    out = _empty_stats(missing_ref, missing_cur)
-    if out["note"]:
-        return out
-    ref_min, ref_max = float(ref.min()), float(ref.max())
-    if ref_min == ref_max:
-        return _constant_reference(ref_min, ref.size, cur, out)
-    lo_r, hi_r = _bulk_range(ref)
-    lo_c, hi_c = _bulk_range(cur)
-    lo, hi = min(lo_r, lo_c), max(hi_r, hi_c)
-    if not hi > lo:  # the bulk is a single value; keep a tiny grid, tails are summed exactly
-        hi = lo + max(abs(lo), 1.0) * 1e-9
-    scale = _GRID_CELLS / (hi - lo)
-    counts_r, below_r, above_r = _cell_histogram(ref, lo, scale)
-    counts_c, below_c, above_c = _cell_histogram(cur, lo, scale)
-    cdf_r = np.cumsum(counts_r) / ref.size
-    cdf_c = np.cumsum(counts_c) / cur.size
-    width = 1.0 / scale
-    tails = abs(below_r / ref.size - below_c / cur.size) + abs(
-        above_r / ref.size - above_c / cur.size
-    )
-    bulk = _integral_abs_linear(cdf_r[: _GRID_CELLS + 1] - cdf_c[: _GRID_CELLS + 1])
-    wasserstein = width * (bulk + tails)
-    ks = float(np.max(np.abs(cdf_r - cdf_c)))
-    ref_bins, cur_bins = _quantile_bins(counts_r, counts_c, bins)
-    out.update(
-        psi=psi(ref_bins, cur_bins),
-        distance=wasserstein / float(np.std(ref)),
-        p_value=_ks_p_value(ks, ref.size, cur.size),
-    )
-    return out
+def categorical_stats(
+    counts_ref: pd.Series, len_ref: int, counts_cur: pd.Series, len_cur: int
+) -> dict:
+    """PSI, Jensen-Shannon distance and chi-square p-value from value counts (missing left out).
 
-
-def _constant_reference(value: float, n_ref: int, cur: np.ndarray, out: dict) -> dict:
-    below = int(np.count_nonzero(cur < value))
-    above = int(np.count_nonzero(cur > value))
-    if below == above == 0:
-        out.update(psi=0.0, distance=0.0, p_value=None, note="constant in both windows")
-        return out
-    differs = (below + above) / cur.size
-    ref_bins = np.array([0, 1, 0])
-    cur_bins = np.array([below, cur.size - below - above, above])
-    out.update(
-        psi=psi(ref_bins, cur_bins),
-        distance=None,  # normalising by a zero reference std is undefined
-        p_value=_ks_p_value(max(below, above) / cur.size, n_ref, cur.size),
-        note=f"constant in reference ({value:g}); {differs:.1%} of current differs",
-    )
-    return out
-
-
-def _categorical_stats(ref: pd.Series, cur: pd.Series) -> dict:
-    counts_ref = ref.value_counts(dropna=True, sort=True)
-    counts_cur = cur.value_counts(dropna=True, sort=False)
+    `counts_ref` is sorted by count, largest first; `len_*` count every row, missing included.
+    """
     counts_ref, counts_cur = counts_ref[counts_ref > 0], counts_cur[counts_cur > 0]
     n_ref, n_cur = int(counts_ref.sum()), int(counts_cur.sum())
-    out = _empty_stats(1 - n_ref / len(ref), 1 - n_cur / len(cur))
+    out = empty_stats(1 - n_ref / len_ref, 1 - n_cur / len_cur)
     if out["note"]:
         return out
     if len(counts_ref) == 1 and len(counts_cur) == 1 and counts_ref.index[0] == counts_cur.index[0]:
@@ -297,17 +312,6 @@ def _categorical_stats(ref: pd.Series, cur: pd.Series) -> dict:
         out["note"] = f"constant in reference ({counts_ref.index[0]!r})"
     elif keep.empty:
         out["note"] = "no category holds 1% of the reference; compared as rare vs unseen"
-    return out
-
-
-def _empty_stats(missing_ref: float, missing_cur: float) -> dict:
-    note = ""
-    if missing_ref == 1 and missing_cur == 1:
-        note = "all values missing in both windows"
-    elif missing_ref == 1 or missing_cur == 1:
-        note = f"all values missing in the {'reference' if missing_ref == 1 else 'current'} window"
-    out = {"psi": None, "distance": None, "p_value": None, "note": note}
-    out.update(missing_ref=float(missing_ref), missing_cur=float(missing_cur))
     return out
 
 
@@ -339,61 +343,6 @@ def _decide(name: str, kind: str, s: dict, p_adj: float | None, t: DriftThreshol
     )
 
 
-# --- numeric helpers ----------------------------------------------------------------------------
-
-
-def _bulk_range(values: np.ndarray) -> tuple[float, float]:
-    """Grid ends from a seeded random sample: cheap, and immune to periodic row order."""
-    sample = values
-    if values.size > _RANGE_SAMPLE:
-        sample = values[np.random.default_rng(0).integers(0, values.size, _RANGE_SAMPLE)]
-    lo, hi = np.quantile(sample, _RANGE_QUANTILES)
-    return float(lo), float(hi)
-
-
-def _cell_histogram(values: np.ndarray, lo: float, scale: float) -> tuple[np.ndarray, float, float]:
-    """Counts in cells [below grid, grid cells..., at/above grid end] and the tail excesses.
-
-    The excesses (summed distance beyond each grid end, in cell widths) make the Wasserstein
-    integral over the tails exact instead of clipped.
-    """
-    cells = _GRID_CELLS
-    with np.errstate(over="ignore", invalid="ignore"):
-        y = values - lo
-        y *= scale
-        below = -float(np.sum(y, where=y < 0))
-        above_mask = y > cells
-        above = float(np.sum(y, where=above_mask)) - cells * int(np.count_nonzero(above_mask))
-    np.clip(y, -1, cells, out=y)
-    y += 1
-    return np.bincount(y.astype(np.intp), minlength=cells + 2), below, above
-
-
-def _integral_abs_linear(diff: np.ndarray) -> float:
-    """Integral of |F - G| over unit cells, F - G linear inside each cell (exact at the ends)."""
-    d0, d1 = diff[:-1], diff[1:]
-    total = np.abs(d0) + np.abs(d1)
-    crossing = d0 * d1 < 0
-    crossed = np.divide(d0 * d0 + d1 * d1, 2 * total, out=np.zeros_like(total), where=crossing)
-    return float(np.sum(np.where(crossing, crossed, total / 2)))
-
-
-def _quantile_bins(counts_r: np.ndarray, counts_c: np.ndarray, bins: int) -> tuple:
-    """Merge fine cells into reference-quantile bins; tied quantiles collapse into one bin."""
-    cum = np.cumsum(counts_r)
-    targets = cum[-1] * np.arange(1, bins) / bins
-    cuts = np.unique(np.searchsorted(cum, targets, side="left"))
-    cuts = cuts[cuts < counts_r.size - 1]
-    starts = np.concatenate(([0], cuts + 1))
-    return np.add.reduceat(counts_r, starts), np.add.reduceat(counts_c, starts)
-
-
-def _ks_p_value(statistic: float, n: int, m: int) -> float:
-    """Two-sample KS p-value: Kolmogorov limit with Stephens' small-sample correction."""
-    root = math.sqrt(n * m / (n + m))
-    return float(special.kolmogorov((root + 0.12 + 0.11 / root) * statistic))
-
-
 def _chi_square_p_value(table: np.ndarray) -> float:
     """Chi-square test of homogeneity for a 2 x k table of counts (no zero columns)."""
     expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0) / table.sum()
@@ -421,31 +370,7 @@ def finite_floats(series: pd.Series, window: str) -> np.ndarray:
     return _finite(_as_float(series, window))[0]
 
 
-def _finite(values: np.ndarray) -> tuple[np.ndarray, float]:
-    """Finite values and the share that is missing; inf counts as missing."""
-    if values.size == 0:
-        return values, 1.0
-    mask = np.isfinite(values)
-    kept = int(np.count_nonzero(mask))
-    if kept == values.size:
-        return values, 0.0
-    return values[mask], 1 - kept / values.size
-
-
 # --- shared helpers -----------------------------------------------------------------------------
-
-
-def psi(
-    reference_counts: np.ndarray, current_counts: np.ndarray, epsilon: float = PSI_EPSILON
-) -> float:
-    """Population stability index of two histograms over the same bins.
-
-    Shares are floored at epsilon, so a bin empty on one side (unseen or vanished values) stays
-    finite. The drift report and the canary's prediction check both use this one definition.
-    """
-    p = np.maximum(reference_counts / reference_counts.sum(), epsilon)
-    q = np.maximum(current_counts / current_counts.sum(), epsilon)
-    return float(np.sum((q - p) * np.log(q / p)))
 
 
 def _js_distance(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
@@ -459,17 +384,32 @@ def _js_distance(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
     return value if math.isfinite(value) else 0.0
 
 
+def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values, as `scipy.stats.false_discovery_control(p, "bh")`.
+
+    Written out (a test holds it to scipy's) because importing `scipy.stats` costs more than the
+    whole comparison of a million rows: it would be most of `ml-platform drift`'s run time.
+    """
+    ordered = np.sort(np.asarray(p_values, dtype=np.float64))
+    order = np.argsort(np.asarray(p_values, dtype=np.float64), kind="stable")
+    m = ordered.size
+    scaled = ordered * (m / np.arange(1, m + 1))
+    adjusted = np.empty(m)
+    adjusted[order] = np.clip(np.minimum.accumulate(scaled[::-1])[::-1], 0, 1)
+    return adjusted
+
+
 def _adjust_defined(p_values: list[float | None]) -> list[float | None]:
     defined = [i for i, p in enumerate(p_values) if p is not None and math.isfinite(p)]
     adjusted: list[float | None] = [None] * len(p_values)
-    bh = stats.false_discovery_control([p_values[i] for i in defined], method="bh")
+    bh = benjamini_hochberg(np.array([p_values[i] for i in defined], dtype=np.float64))
     for i, value in zip(defined, bh, strict=True):
         adjusted[i] = float(value)
     return adjusted
 
 
 def _resolve_kinds(
-    reference: pd.DataFrame, current: pd.DataFrame, columns: dict[str, str] | None
+    reference: ColumnSource, current: ColumnSource, columns: dict[str, str] | None
 ) -> dict[str, str]:
     if columns is not None:
         unknown = {c: k for c, k in columns.items() if k not in _KINDS}
@@ -480,18 +420,18 @@ def _resolve_kinds(
             raise DriftInputError(f"columns not found: {', '.join(missing)}")
         kinds = dict(columns)
     else:
-        only_ref = [c for c in reference.columns if c not in current.columns]
-        only_cur = [c for c in current.columns if c not in reference.columns]
+        only_ref = [c for c in reference.names if c not in current.names]
+        only_cur = [c for c in current.names if c not in reference.names]
         if only_ref or only_cur:
             raise DriftInputError(
                 f"the windows have different columns: only in reference {only_ref}, only in "
                 f"current {only_cur}; pass the columns to compare explicitly"
             )
-        inferred_ref, inferred_cur = infer_column_kinds(reference), infer_column_kinds(current)
+        inferred_ref, inferred_cur = reference.infer_kinds(), current.infer_kinds()
         kinds = {}
-        for c in reference.columns:
+        for c in reference.names:
             kind = inferred_ref.get(c)
-            if kind != inferred_cur.get(c) and reference[c].isna().all():
+            if kind != inferred_cur.get(c) and reference.all_missing(c):
                 kind = inferred_cur.get(c)  # an all-missing column's dtype says nothing
             if kind is not None:
                 kinds[c] = kind
@@ -500,10 +440,12 @@ def _resolve_kinds(
     return kinds
 
 
-def _missing_columns(names: list[str], reference: pd.DataFrame, current: pd.DataFrame) -> list:
+def _missing_columns(names: list[str], reference: ColumnSource, current: ColumnSource) -> list:
     missing = []
     for name in names:
-        windows = [w for w, f in (("reference", reference), ("current", current)) if name not in f]
+        windows = [
+            w for w, f in (("reference", reference), ("current", current)) if name not in f.names
+        ]
         if windows:
             missing.append(f"{name!r} (missing from {' and '.join(windows)})")
     return missing
