@@ -29,7 +29,7 @@ from ml_platform.automation.canary_sensor import build_canary_sensor
 from ml_platform.core import training
 from ml_platform.core.json_lines import read_json_lines
 from ml_platform.lineage import history
-from ml_platform.serving.canary_release import release_canary
+from ml_platform.release import ReleaseService
 from ml_platform.serving.loader import CANARY, CANARY_WEIGHT_TAG, CHAMPION, PREVIOUS
 from ml_platform_tests.conftest import activated, registry_for
 from ml_platform_tests.serving.conftest import all_entities, running_server, trained_serving_root
@@ -118,7 +118,7 @@ def run_release(root: Path, server: str, spec, version: str, max_analyses: int):
 
     sensor = build_canary_sensor(spec)
     client = registry_for(root).client()
-    release_canary(client, spec, version)
+    ReleaseService(client, root).start(spec, version, "test release")
     cursor, summaries, weights = None, [], []
     with Traffic(server, all_entities(root, spec)) as traffic:
         for _ in range(max_analyses):
@@ -126,8 +126,8 @@ def run_release(root: Path, server: str, spec, version: str, max_analyses: int):
             with dg.instance_for_test() as instance:
                 context = dg.build_sensor_context(instance=instance, cursor=cursor)
                 result = sensor(context)
-                cursor = context.cursor
-            summaries.append(result.skip_message)
+                cursor = result.cursor
+            summaries.append(result.skip_reason.skip_message)
             weights.append(client.get_registered_model(spec.name).tags.get(CANARY_WEIGHT_TAG))
             if CANARY not in (client.get_registered_model(spec.name).aliases or {}):
                 break
@@ -150,7 +150,7 @@ def canary_server(canary_root: Path) -> Iterator[str]:
 def canary_spec(spec):
     """The packaged spec with limits sized for a test's few seconds of traffic."""
     canary = spec.deployment.canary.model_copy(
-        update={"interval_seconds": 1, "min_requests": 10, "min_predictions": 40}
+        update={"interval_seconds": 1, "min_requests": 10, "min_predictions": 20}
     )
     deployment = spec.deployment.model_copy(update={"mode": "canary", "canary": canary})
     return spec.model_copy(update={"deployment": deployment})
@@ -176,8 +176,8 @@ def test_bad_canary_is_rolled_back_and_the_champion_never_changes(
         canary_root, canary_server, canary_spec, shuffled=True, max_analyses=threshold + 6
     )
     assert aliases[CHAMPION] == champion and CANARY not in aliases, summaries
-    assert "rolled back" in summaries[-1] and "prediction_psi" in summaries[-1], summaries
-    assert len(summaries) <= threshold + 3, summaries  # a couple of analyses to gather traffic
+    assert "rolled back" in summaries[-1] and "prediction_shift" in summaries[-1], summaries
+    assert len(summaries) <= threshold + 4, summaries  # a baseline, then a couple to gather
     assert weights[-1] == "0"
     assert set(traffic.statuses) == {200}, traffic.statuses
     assert traffic.variants["canary"] > 0, "the canary never served: routing is broken"

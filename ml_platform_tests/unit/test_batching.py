@@ -50,6 +50,7 @@ def served(spec, tmp_path: Path):
         champion=LoadedModel(1, _champion(spec, 10.0)),
         canary=LoadedModel(2, RaisesOnPromo()),
         canary_weight=50,
+        affinity="entity",  # per entity, so one request holds both variants
     )
     return pipeline, metrics, tmp_path
 
