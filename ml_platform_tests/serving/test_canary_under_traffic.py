@@ -169,7 +169,7 @@ def canary_root(tmp_path_factory: pytest.TempPathFactory, spec) -> Path:
 
 @pytest.fixture(scope="module")
 def canary_server(canary_root: Path) -> Iterator[str]:
-    with running_server(canary_root) as url:
+    with running_server(canary_root, ready_timeout=180) as url:  # next to a daemon, on a busy CI
         yield url
 
 

@@ -474,3 +474,23 @@ def test_online_loss_compares_canary_and_shadow_champion_on_the_same_requests():
     assert paired_online_loss(
         log.drop(columns="shadow_prediction"), labels, ["store_id"], "sales", "4"
     ) == OnlineMae(None, None, 0, 0)
+
+
+def test_the_spec_is_the_policy_built_in_one_place(spec):
+    """Every CanarySpec setting reaches the policy, and the defaults of both agree."""
+    from ml_platform.release import policy_for
+    from ml_platform.specs import CanarySpec
+
+    default = spec.model_copy(
+        update={"deployment": spec.deployment.model_copy(update={"canary": CanarySpec()})}
+    )
+    assert policy_for(default) == CanaryPolicy()
+    tuned = CanarySpec(step_weights=[10, 100], interval_seconds=30, bake_seconds=61)
+    custom = default.model_copy(
+        update={"deployment": default.deployment.model_copy(update={"canary": tuned})}
+    )
+    policy = policy_for(custom, offline_shift=0.2)
+    assert policy.step_weights == (10, 100) and policy.bake_analyses == 3
+    assert policy.offline_shift == 0.2
+    with pytest.raises(ValueError, match="to 100"):
+        CanarySpec(step_weights=[5, 50])
