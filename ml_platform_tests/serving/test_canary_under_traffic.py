@@ -275,9 +275,9 @@ def test_bad_canary_is_rolled_back_and_the_champion_never_changes(
     assert "rolled_back" in str(
         registry_for(canary_root).client().get_model_version(canary_spec.name, bad).tags
     )
-    with dg.DagsterInstance.from_config(str(canary_root / ".ml_platform" / "dagster_home")) as i:
+    with activated(canary_root), dg.DagsterInstance.get() as instance:  # the daemon's instance
         key = dg.AssetKey([canary_spec.name, "promotion"])
-        observed = i.fetch_observations(key, limit=50).records
+        observed = instance.fetch_observations(key, limit=50).records
     assert any(
         r.asset_observation.metadata.get("canary_version").value == int(bad) for r in observed
     )
