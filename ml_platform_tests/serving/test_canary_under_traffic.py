@@ -155,7 +155,11 @@ def canary_spec_dir(target: Path) -> Path:
     """The packaged spec in canary mode, with limits sized for a test's seconds of traffic."""
     raw = yaml.safe_load((SPEC_DIR / "sales_forecast.yaml").read_text())
     raw["deployment"]["mode"] = "canary"
-    raw["deployment"]["canary"].update(interval_seconds=1, min_requests=5, min_predictions=20)
+    # Latency is judged against an absolute limit: on a CI machine shared by other jobs both
+    # variants' p99 exceeds 100 ms, which is not what this file tests.
+    raw["deployment"]["canary"].update(
+        interval_seconds=1, min_requests=5, min_predictions=20, max_p99_latency_ms=5000
+    )
     target.mkdir(parents=True, exist_ok=True)
     (target / "sales_forecast.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return target
