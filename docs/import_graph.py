@@ -2,7 +2,7 @@
 
     .venv/bin/python docs/import_graph.py > /tmp/graph.mmd
 
-Nodes are the subpackages (`core`, `resources`, `assets`, `automation`, `serving`) and the
+Nodes are the subpackages (`core`, `resources`, `release`, `assets`, `automation`, `serving`) and the
 top-level modules; those every layer imports are one `foundation` node, with the edges into it
 left out. An edge A --> B means some module of A imports some module of B (function-level
 imports included, as import-linter counts them). Edges that go up or sideways between the layers
@@ -16,7 +16,7 @@ import sys
 
 import grimp
 
-PACKAGES = ("core", "resources", "assets", "automation", "serving")
+PACKAGES = ("core", "resources", "release", "assets", "automation", "serving")
 # Imported from every layer (the spec model, settings, names, paths, the instance): one node,
 # and edges into it are left out, or they would be most of the picture.
 FOUNDATION = {"specs", "spec_checks", "settings", "names", "layout", "instance", "dagster_storage"}
@@ -28,12 +28,14 @@ RANK = {
     "definitions": 3,
     "locations": 3,
     "runs": 3,
+    "lineage": 3,
     "assemble": 4,
     "assets": 5,
     "automation": 5,
     "serving": 5,
-    "resources": 6,
-    "core": 7,
+    "release": 6,
+    "resources": 7,
+    "core": 8,
 }
 
 

@@ -149,10 +149,29 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from ml_platform.lineage import format_history, history
+    from ml_platform.lineage import format_history, history, outside_moves
 
     root = Path.cwd()
-    print(format_history(history(root, _spec(args.pipeline, root))))
+    spec = _spec(args.pipeline, root)
+    print(format_history(history(root, spec, args.analyses), outside_moves(root, spec)))
+    return 0
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    """Operator controls of a canary release; each is recorded in the audit trail."""
+    import json
+
+    from ml_platform.automation.canary_sensor import alert_sink
+    from ml_platform.lineage import ReleaseRefused, canary
+
+    root = Path.cwd()
+    spec = _spec(args.pipeline, root)
+    try:
+        result = canary(root, spec, args.action, args.version, args.reason, alert_sink(root))
+    except (ReleaseRefused, LookupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
     return 0
 
 
@@ -262,9 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--record", action="store_true", help="dvc commit + push afterwards")
     mat.set_defaults(func=cmd_materialize)
 
-    hist = sub.add_parser("history", help="the champion timeline from the audit trail")
+    hist = sub.add_parser("history", help="alias moves from the audit trail (and outside it)")
     hist.add_argument("pipeline")
+    hist.add_argument("--analyses", action="store_true", help="every canary analysis too")
     hist.set_defaults(func=cmd_history)
+
+    can = sub.add_parser("canary", help="status, start, pause, resume, abort or promote a canary")
+    can.add_argument("action", choices=["status", "start", "pause", "resume", "abort", "promote"])
+    can.add_argument("pipeline")
+    can.add_argument("--version", help="model version (start: default the challenger)")
+    can.add_argument("--reason", default="operator request")
+    can.set_defaults(func=cmd_canary)
 
     back = sub.add_parser("rollback", help="move champion back to the previous (or a) version")
     back.add_argument("pipeline")

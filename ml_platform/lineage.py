@@ -1,4 +1,4 @@
-"""Audit-trail commands: `history`, `rollback` and `reproduce` of a pipeline's champion.
+"""Audit-trail commands: `history`, `rollback`, `canary …` and `reproduce` of a pipeline.
 
 They answer "which data, code and parameters made the model serving now?", put the previous
 champion back in one command, and retrain any version from its recorded training data.
@@ -11,10 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 from ml_platform.core import training
-from ml_platform.core.json_lines import read_json_lines
-from ml_platform.resources.audit import record_alias_change
+from ml_platform.release import ReleaseRefused, ReleaseService
 from ml_platform.resources.dvc import DvcError, DvcLedger
-from ml_platform.resources.registry import CHAMPION, PREVIOUS, ModelRegistry
+from ml_platform.resources.registry import CANARY, CHALLENGER, CHAMPION, PREVIOUS, ModelRegistry
 from ml_platform.specs import PipelineSpec
 
 
@@ -24,19 +23,56 @@ def _registry(root: Path) -> ModelRegistry:
     return ModelRegistry(tracking_uri=mlflow_uri(root), artifact_root=str(root / ".ml_platform"))
 
 
-def _audit_path(root: Path, spec: PipelineSpec) -> Path:
-    return root / ".ml_platform" / "audit" / f"{spec.name}.jsonl"
+def _service(root: Path, notify=None) -> ReleaseService:
+    return ReleaseService(_registry(root).client(), root, notify)
 
 
-def history(root: Path, spec: PipelineSpec) -> list[dict]:
-    """Every alias change, oldest first, as recorded in the append-only audit log."""
-    return read_json_lines(_audit_path(root, spec))
+def is_analysis(entry: dict) -> bool:
+    """An audit record of a canary analysis that moved no alias (or an operator's pause)."""
+    evidence = entry.get("evidence") or {}
+    if evidence.get("kind") in ("analysis", "ramp"):
+        return evidence["kind"] == "analysis"
+    return entry.get("alias") == CANARY and entry.get("from_version") == entry.get("to_version")
 
 
-def format_history(entries: list[dict]) -> str:
+def history(root: Path, spec: PipelineSpec, analyses: bool = False) -> list[dict]:
+    """Alias moves (and ramps), oldest first, from the append-only audit log; every analysis
+    too when `analyses`."""
+    entries = _service(root).audit(spec.name)
+    return entries if analyses else [e for e in entries if not is_analysis(e)]
+
+
+def outside_moves(root: Path, spec: PipelineSpec) -> list[str]:
+    """Aliases the registry holds that the audit trail did not put there (moved in MLflow by
+    hand, or by another tool)."""
+    service = _service(root)
+    recorded: dict[str, str | None] = {}
+    for entry in service.audit(spec.name):
+        alias, before = entry["alias"], entry.get("from_version")
+        to = None if entry.get("to_version") in (None, "none") else str(entry["to_version"])
+        recorded[alias] = to
+        if alias == CHAMPION:
+            if before and before != to:
+                recorded[PREVIOUS] = str(before)
+            if recorded.get(CANARY) == to:  # a promoted canary is champion now
+                recorded[CANARY] = None
+    notes = []
+    actual = service.aliases(spec.name)
+    for alias in (CHAMPION, CANARY, PREVIOUS):
+        want, have = recorded.get(alias), actual.get(alias)
+        if want != have and not (alias == PREVIOUS and want is None):
+            notes.append(
+                f"{alias} is {'v' + have if have else 'unset'} in the registry but the audit "
+                f"trail says {'v' + want if want else 'unset'}: moved outside the platform"
+            )
+    return notes
+
+
+def format_history(entries: list[dict], notes: list[str] = ()) -> str:
+    lines = [f"warning: {n}" for n in notes]
     if not entries:
-        return "no alias changes recorded yet"
-    lines = [f"{'time':<26}{'alias':<11}{'from':>5} → {'to':<5} reason"]
+        return "\n".join([*lines, "no alias changes recorded yet"])
+    lines.append(f"{'time':<26}{'alias':<11}{'from':>5} → {'to':<5} reason")
     for e in entries:
         lines.append(
             f"{e['time']:<26}{e['alias']:<11}{e['from_version'] or '-':>5} → "
@@ -47,33 +83,39 @@ def format_history(entries: list[dict]) -> str:
 
 def rollback(root: Path, spec: PipelineSpec, to_version: str | None, reason: str) -> str:
     """Move `champion` to `to_version` (default: the `previous` alias); idempotent."""
-    registry = _registry(root)
-    current = registry.alias_version(spec.name, CHAMPION)
-    if current is None:
-        raise LookupError(f"{spec.name} has no champion to roll back")
-    if to_version is None:
-        previous = registry.alias_version(spec.name, PREVIOUS)
-        if previous is None:
-            raise LookupError(f"{spec.name} has no previous champion; pass --to VERSION")
-        to_version = previous.version
-    target = registry.client().get_model_version(spec.name, str(to_version))
-    if str(current.version) == str(target.version):
-        return f"champion of {spec.name} is already v{target.version}; nothing to do"
-    registry.set_alias(spec.name, CHAMPION, target.version)
-    registry.set_alias(spec.name, PREVIOUS, current.version)
-    evidence = {"rolled_back_from": str(current.version)}
-    registry.tag_version(spec.name, target.version, {"rollback.reason": reason})
-    record_alias_change(
-        _audit_path(root, spec),
-        spec.name,
-        CHAMPION,
-        current,
-        target.version,
-        f"rollback: {reason}",
-        evidence,
-        None,
-    )
-    return f"champion of {spec.name}: v{current.version} → v{target.version} ({reason})"
+    return _service(root).rollback_champion(spec.name, to_version, reason)
+
+
+CANARY_ACTIONS = ("status", "start", "pause", "resume", "abort", "promote")
+
+
+def canary(
+    root: Path, spec: PipelineSpec, action: str, version: str | None, reason: str, notify=None
+) -> str | dict:
+    """An operator's canary command; every one but `status` is recorded in the audit trail."""
+    service = _service(root, notify)
+    name = spec.name
+    if action == "status":
+        return service.status(name)
+    current = service.aliases(name).get(CANARY)
+    if action == "start":
+        target = version or service.aliases(name).get(CHALLENGER)
+        if target is None:
+            raise ReleaseRefused(f"{name} has no challenger; pass --version N")
+        if current is not None and current != str(target):
+            service.roll_back(name, current, f"operator replaced canary v{current}: {reason}", {})
+        return service.start(spec, str(target), f"operator start: {reason}", operator=True)
+    if current is None or (version is not None and str(version) != current):
+        raise ReleaseRefused(f"{name} has no canary{'' if version is None else ' v' + version}")
+    if action in ("pause", "resume"):
+        return service.set_paused(name, action == "pause", reason)
+    if action == "abort":
+        champion = service.aliases(name).get(CHAMPION)
+        why = f"operator aborted canary v{current}: {reason}; champion v{champion} unchanged"
+        return service.roll_back(name, current, why, {"operator": True})
+    if action == "promote":
+        return service.promote(name, current, f"operator promoted canary v{current}: {reason}", {})
+    raise ValueError(f"unknown canary action {action!r}; one of {CANARY_ACTIONS}")
 
 
 def reproduce(root: Path, spec: PipelineSpec, version: str) -> dict:
@@ -122,4 +164,13 @@ def _param_value(text: str, like: object) -> object:
     return text
 
 
-__all__ = ["DvcError", "format_history", "history", "reproduce", "rollback"]
+__all__ = [
+    "DvcError",
+    "ReleaseRefused",
+    "canary",
+    "format_history",
+    "history",
+    "outside_moves",
+    "reproduce",
+    "rollback",
+]

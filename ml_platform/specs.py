@@ -244,10 +244,14 @@ class PromotionSpec(_Strict):
 
 
 class CanarySpec(_Strict):
-    """Flagger-style analysis: step weights, per-metric limits and a failure threshold."""
+    """Flagger-style analysis: step weights, per-metric limits and a failure threshold.
+
+    Turned into the core's `CanaryPolicy` in one place (`ml_platform.release.policy_for`) and
+    written to the registry when a release starts: the server and the sensor read it from there.
+    """
 
     step_weights: list[int] = [5, 25, 50, 100]
-    """Percent of traffic for the canary at each step; the last is 100."""
+    """Percent of requests for the canary at each step; the last is 100."""
     interval_seconds: int = Field(60, ge=1)
     """Seconds between canary analyses."""
     failure_threshold: int = Field(2, ge=1)
@@ -260,14 +264,28 @@ class CanarySpec(_Strict):
     """Highest canary error rate (0.01 = 1 %)."""
     max_p99_latency_ms: float = Field(100.0, gt=0)
     """Highest canary p99 latency."""
-    max_prediction_psi: float = Field(0.2, gt=0)
-    """Highest PSI of canary predictions against the champion's."""
-    min_predictions: int = Field(200, ge=1)  # PSI on fewer predictions is noise, not evidence
-    """Canary predictions needed before PSI counts."""
+    max_prediction_shift: float = Field(0.75, gt=0)
+    """Cap on the prediction shift: mean |canary - champion| on the same requests over the
+    champion's mean absolute deviation (constant model ~1, shuffled ~1.4, identical 0)."""
+    shift_tolerance: float = Field(2.0, gt=0)
+    """Shift limit = this × the two models' shift on the holdout at promotion (floor 0.25, at
+    most max_prediction_shift): a better, different model is not punished for differing."""
+    min_predictions: int = Field(50, ge=1)
+    """Canary predictions paired with the champion's needed before the shift counts."""
     max_mae_ratio: float = Field(1.1, gt=0)
-    """Highest online loss ratio canary / champion once labels arrive."""
+    """Highest online loss ratio canary / champion on the same requests once labels arrive."""
     min_labelled: int = Field(20, ge=1)
-    """Labelled predictions per variant needed for the online loss check."""
+    """Labelled paired predictions needed for the online loss check."""
+    wait_for_labels: bool = False
+    """Hold the step before 100 % until the online loss check passes (labels have arrived)."""
+    bake_seconds: int = Field(0, ge=0)
+    """Least time of passing analyses at the step before 100 %."""
+    affinity: Literal["request", "entity", "auto"] = "auto"
+    """request: exactly the weight's share of requests, an entity may see both models; entity:
+    sticky by key hash, share quantised by the number of entities; auto: per request until
+    min_sticky_entities distinct entities were seen, then sticky."""
+    min_sticky_entities: int = Field(5000, ge=1)
+    """Distinct entities before auto affinity turns sticky (5 % over 5,000: ±0.3 pp)."""
 
     @field_validator("step_weights")
     @classmethod

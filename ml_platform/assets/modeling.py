@@ -14,6 +14,7 @@ from mlflow.models import infer_signature
 from ml_platform.assets.ingest import backfill_policy
 from ml_platform.assets.results import frame_output, partitioned_output
 from ml_platform.core import training
+from ml_platform.core.canary import ROLLED_BACK_TAG, prediction_shift
 from ml_platform.core.features import encode_by_day
 from ml_platform.core.promotion import decide
 from ml_platform.core.storage import encode_frame
@@ -23,15 +24,14 @@ from ml_platform.names import (
     CHAMPION,
     FINGERPRINT_TAG,
     HOLDOUT_LOSS_TAG,
-    PREVIOUS,
     tracking_key,
 )
-from ml_platform.resources.audit import record_alias_change
+from ml_platform.release import ReleaseRefused, ReleaseService
+from ml_platform.release.service import OFFLINE_SHIFT_TAG
 from ml_platform.resources.dvc import DvcLedger
 from ml_platform.resources.keys import asset_key
 from ml_platform.resources.platform import PlatformPaths, git_commit, source_hash
 from ml_platform.resources.registry import REFERENCE_ARTIFACT, ModelRegistry
-from ml_platform.serving.canary_release import release_canary
 from ml_platform.specs import PipelineSpec
 
 REFERENCE_ROWS = 50_000
@@ -146,7 +146,18 @@ def build_modeling_assets(
                     "champion_version": int(incumbent.version),
                 }
             )
-        losses = _holdout_losses(training_set, spec, registry, has_champion=incumbent is not None)
+        rolled_back = registry.client().get_model_version(name, candidate.version).tags
+        if ROLLED_BACK_TAG in rolled_back:  # memory: the same data, code and spec failed live
+            reason = (
+                f"v{candidate.version} was rolled back ({rolled_back[ROLLED_BACK_TAG]}); not "
+                f"released again until its data, code or spec change, or an operator runs "
+                f"`ml-platform canary start {name} --version {candidate.version}`"
+            )
+            context.log.warning(reason)
+            return dg.MaterializeResult(
+                metadata={"decision": "rejected", "reason": reason, "rolled_back": True}
+            )
+        losses, shift = _holdout_losses(training_set, spec, registry, incumbent is not None)
         decision = decide(
             losses["challenger"],
             losses["baseline"],
@@ -157,6 +168,8 @@ def build_modeling_assets(
             loss_name=LOSS_LABEL[spec.loss_name],
         )
         tags = decision.as_tags()
+        if shift is not None:  # what the canary's shift check is calibrated on
+            tags[OFFLINE_SHIFT_TAG] = shift
         registry.tag_version(name, candidate.version, tags)
         registry.client().set_tag(
             candidate.run_id, "promotion.decision", tags["promotion.decision"]
@@ -165,22 +178,19 @@ def build_modeling_assets(
         canary_mode = spec.deployment.mode == "canary" and incumbent is not None
         alias = CANARY if canary_mode else CHAMPION
         if decision.promote:
-            if incumbent is not None and alias == CHAMPION:
-                registry.set_alias(name, PREVIOUS, incumbent.version)
-            if alias == CANARY:
-                release_canary(registry.client(), spec, candidate.version)
-            else:
-                registry.set_alias(name, alias, candidate.version)
-            record_alias_change(
-                paths.audit_log(spec),
-                name,
-                alias,
-                incumbent,
-                candidate.version,
-                decision.reason,
-                tags,
-                context.run_id,
-            )
+            release = ReleaseService(registry.client(), paths.root_path)
+            evidence = {k: str(v) for k, v in tags.items()}
+            try:
+                if canary_mode:
+                    release.start(
+                        spec, candidate.version, decision.reason, evidence, context.run_id
+                    )
+                else:
+                    release.promote_direct(
+                        name, candidate.version, decision.reason, evidence, context.run_id
+                    )
+            except ReleaseRefused as exc:
+                raise dg.Failure(str(exc), allow_retries=False) from exc
         context.log.info(f"promotion decision for v{candidate.version}: {decision.reason}")
         return dg.MaterializeResult(
             metadata=_decision_metadata(decision, candidate, incumbent, alias, spec.loss_name)
@@ -283,8 +293,9 @@ def _log_reference(tracker, training_set: pd.DataFrame, spec: PipelineSpec) -> N
         tracker.log_artifact(str(path), artifact_path=str(Path(REFERENCE_ARTIFACT).parent))
 
 
-def _holdout_losses(training_set, spec, registry, has_champion: bool) -> dict[str, np.ndarray]:
-    """Per-row holdout losses of the challenger, the naive baseline and the champion."""
+def _holdout_losses(training_set, spec, registry, has_champion: bool):
+    """Per-row holdout losses of the challenger, the naive baseline and the champion, and the
+    challenger's prediction shift from the champion (None without a champion)."""
     rows = training.holdout(training_set)
     actual = rows[training.LABEL].to_numpy(dtype="float64")
     trusted = training.trusted_types(spec)
@@ -293,14 +304,18 @@ def _holdout_losses(training_set, spec, registry, has_champion: bool) -> dict[st
         return training.row_losses(actual, predicted, spec)
 
     challenger_model, _ = registry.load_model(spec.name, CHALLENGER, trusted)
+    challenger = training.predict(challenger_model, rows, spec)
     result = {
-        "challenger": losses(training.predict(challenger_model, rows, spec)),
+        "challenger": losses(challenger),
         "baseline": losses(training.baseline_predictions(training_set, spec)),
     }
+    shift = None
     if has_champion:
         champion_model, _ = registry.load_model(spec.name, CHAMPION, trusted)
-        result["champion"] = losses(training.predict(champion_model, rows, spec))
-    return result
+        champion = training.predict(champion_model, rows, spec)
+        result["champion"] = losses(champion)
+        shift = prediction_shift(challenger, champion)
+    return result, shift
 
 
 def _decision_metadata(decision, candidate, incumbent, alias: str, loss: str) -> dict:

@@ -12,15 +12,13 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from enum import StrEnum
 from itertools import pairwise
 
 import numpy as np
 import pandas as pd
 from prometheus_client.parser import text_string_to_metric_families
-
-from ml_platform.core import drift
 
 REQUESTS = "ml_platform_requests_total"
 ERRORS = "ml_platform_request_errors_total"
@@ -32,36 +30,98 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03,
 PREDICTION_BUCKETS = (0, 1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000,
                       10000)
 # fmt: on
-CORE_CHECKS = ("error_rate", "p99_latency_ms", "prediction_psi")  # must pass for the weight to rise
+# Registry tags a release writes (the weight tag is `names.CANARY_WEIGHT_TAG`): the server
+# and the sensor both read the policy from here, never from the spec they happened to load.
+POLICY_TAG = "ml_platform.canary_policy"  # registered model: CanaryPolicy JSON of the release
+RELEASE_TAG = "ml_platform.canary_release"  # registered model: "<version>@<ISO start time>"
+PAUSED_TAG = "ml_platform.canary_paused"  # registered model: "true" holds the analysis
+ROLLED_BACK_TAG = "ml_platform.rolled_back"  # model version: why it was rolled back
+CORE_CHECKS = (
+    "error_rate",
+    "p99_latency_ms",
+    "prediction_shift",
+)  # must pass for the weight to rise
 
 Buckets = tuple[tuple[float, float], ...]  # (upper bound le, cumulative count), sorted, +inf last
 
 
 @dataclass(frozen=True)
 class CanaryPolicy:
-    """Limits and pace of one release; defaults follow Flagger's step analysis."""
+    """Limits and pace of one release; defaults follow Flagger's step analysis.
 
-    step_weights: tuple[int, ...] = (5, 25, 50, 100)  # percent of entities routed to the canary
+    Built from the spec's `CanarySpec` in one place (`ml_platform.release.policy_for`) and written
+    to the registry when a release starts, so the server and the sensor read the same policy.
+    """
+
+    step_weights: tuple[int, ...] = (5, 25, 50, 100)  # percent of requests routed to the canary
     failure_threshold: int = 2  # failed analyses (cumulative over the release) before rollback
     max_inconclusive: int = 10  # consecutive inconclusive analyses before rollback
     min_requests: int = 20  # canary requests in the interval for the interval to be conclusive
     max_error_rate: float = 0.01
     max_p99_latency_ms: float = 100.0
-    max_prediction_psi: float = 0.2  # canary predictions (interval) vs champion (cumulative)
-    # PSI of a sample of n against its own distribution is about (buckets - 1) / n: with 20
-    # predictions an identical model fails 0.2 almost always, with 200 about once in 2000.
-    min_predictions: int = 200
-    max_mae_ratio: float = 1.1  # canary online MAE / champion online MAE, once labels arrive
-    min_labelled: int = 20  # labelled predictions per variant needed for the MAE check
+    # Prediction shift: mean |canary - champion| over the same requests, in units of the
+    # champion's own mean absolute deviation. A constant model scores about 1, a shuffled one
+    # about 1.4, an identical one 0. The limit is `shift_tolerance` times how much the two models
+    # differed on the holdout at promotion (`offline_shift`), within [SHIFT_FLOOR, this cap].
+    max_prediction_shift: float = 0.75
+    shift_tolerance: float = 2.0
+    offline_shift: float | None = None
+    min_predictions: int = 50  # paired predictions needed before the shift counts
+    max_mae_ratio: float = 1.1  # canary online loss / champion's on the same requests
+    min_labelled: int = 20  # labelled paired predictions needed for the online loss check
+    wait_for_labels: bool = False  # hold the step before 100 % until the online loss passes
+    bake_analyses: int = 0  # passing analyses needed at the step before 100 %
+    affinity: str = "auto"  # request | entity | auto (serving/routing.py)
+    min_sticky_entities: int = 5000
 
     def __post_init__(self) -> None:
         weights = self.step_weights
         if not weights or any(b <= a for a, b in pairwise(weights)):
             raise ValueError(f"step_weights must be non-empty and increasing, got {weights}")
-        if weights[0] <= 0 or weights[-1] > 100:
-            raise ValueError(f"step_weights must lie in (0, 100], got {weights}")
+        if weights[0] <= 0 or weights[-1] != 100:
+            raise ValueError(f"step_weights must rise from > 0 to exactly 100, got {weights}")
         if min(self.failure_threshold, self.max_inconclusive) < 1:
             raise ValueError("failure_threshold and max_inconclusive must be at least 1")
+        if self.affinity not in ("request", "entity", "auto"):
+            raise ValueError(f"affinity must be request, entity or auto, got {self.affinity!r}")
+
+    def shift_limit(self) -> float:
+        """The prediction-shift limit of this release, calibrated on the offline difference."""
+        if self.offline_shift is None or not math.isfinite(self.offline_shift):
+            return self.max_prediction_shift
+        calibrated = max(SHIFT_FLOOR, self.shift_tolerance * self.offline_shift)
+        return min(self.max_prediction_shift, calibrated)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CanaryPolicy:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        return cls(**{**data, "step_weights": tuple(data.get("step_weights", (5, 25, 50, 100)))})
+
+
+SHIFT_FLOOR = 0.25  # a calibrated shift limit never goes below this (a retrain differs a little)
+
+
+def prediction_shift(canary: np.ndarray, champion: np.ndarray) -> float:
+    """Mean |canary - champion| on the same inputs over the champion's mean absolute deviation.
+
+    Paired, so a model that is better and different by a little scores a little, while a
+    constant (about 1), shuffled (about 1.4) or wildly scaled model scores a lot.
+    """
+    canary, champion = np.asarray(canary, dtype=float), np.asarray(champion, dtype=float)
+    if len(canary) != len(champion) or not len(canary):
+        raise ValueError("prediction_shift needs two non-empty arrays of the same length")
+    if not np.isfinite(canary).all():
+        return math.inf
+    spread = float(np.mean(np.abs(champion - champion.mean())))
+    difference = float(np.mean(np.abs(canary - champion)))
+    if spread <= 0:
+        return 0.0 if difference <= 0 else math.inf
+    return difference / spread
 
 
 @dataclass(frozen=True)
@@ -163,22 +223,6 @@ def histogram_quantile(buckets: Buckets, q: float) -> float | None:
     return lower  # unreachable: the last bucket holds every observation
 
 
-def _counts(buckets: Buckets) -> np.ndarray:
-    return np.diff(np.array([count for _, count in buckets], dtype=float), prepend=0.0)
-
-
-def bucket_psi(
-    reference: Buckets, current: Buckets, epsilon: float = drift.PSI_EPSILON
-) -> float | None:
-    """Population stability index over the histograms' buckets (`drift.psi`); None when either
-    side has no observations."""
-    if not reference or not current or reference[-1][1] <= 0 or current[-1][1] <= 0:
-        return None
-    if [le for le, _ in reference] != [le for le, _ in current]:
-        raise ValueError("histograms have different bucket bounds; PSI needs the same buckets")
-    return drift.psi(_counts(reference), _counts(current), epsilon)
-
-
 class Status(StrEnum):
     SUCCESSFUL = "successful"
     FAILED = "failed"
@@ -215,13 +259,14 @@ def _pending(name: str, limit: float, detail: str) -> CheckResult:
     return CheckResult(name, Status.INCONCLUSIVE, None, limit, detail)
 
 
-def _traffic_checks(
-    canary: VariantStats, champion: VariantStats, p: CanaryPolicy, since_start: VariantStats | None
-) -> list[CheckResult]:
-    n, limits = canary.requests, (p.max_error_rate, p.max_p99_latency_ms, p.max_prediction_psi)
+def _traffic_checks(canary: VariantStats, p: CanaryPolicy) -> list[CheckResult]:
+    n = canary.requests
     if n < p.min_requests:
         few = f"only {n:g} canary requests in the interval (need {p.min_requests})"
-        return [_pending(name, limit, few) for name, limit in zip(CORE_CHECKS, limits, strict=True)]
+        return [
+            _pending("error_rate", p.max_error_rate, few),
+            _pending("p99_latency_ms", p.max_p99_latency_ms, few),
+        ]
     text = f"{canary.errors:g} errors in {n:g} canary requests"
     results = [_verdict("error_rate", canary.errors / n, p.max_error_rate, text, "%")]
     p99 = histogram_quantile(canary.latency_buckets, 0.99)
@@ -230,19 +275,28 @@ def _traffic_checks(
     else:
         ms, text = p99 * 1000, "canary p99 latency"
         results.append(_verdict("p99_latency_ms", ms, p.max_p99_latency_ms, text, " ms"))
-    sample, window = (canary, "in the interval") if since_start is None else (since_start, "so far")
-    predicted = sample.prediction_buckets[-1][1] if sample.prediction_buckets else 0.0
-    if not champion.prediction_buckets or champion.prediction_buckets[-1][1] <= 0:
-        why = "the champion has no predictions to compare with yet"
-        results.append(_pending("prediction_psi", p.max_prediction_psi, why))
-    elif predicted < max(p.min_predictions, 1):
-        why = f"only {predicted:g} canary predictions {window} (need {p.min_predictions})"
-        results.append(_pending("prediction_psi", p.max_prediction_psi, why))
-    else:
-        psi = bucket_psi(champion.prediction_buckets, sample.prediction_buckets)
-        text = f"PSI of {predicted:g} canary predictions {window} against the champion's"
-        results.append(_verdict("prediction_psi", psi, p.max_prediction_psi, text))
     return results
+
+
+def _shift_check(paired: Paired | None, p: CanaryPolicy) -> CheckResult:
+    """Broken, not different: the canary's answers against the champion's for the same requests."""
+    limit = p.shift_limit()
+    n = 0 if paired is None else len(paired.canary)
+    if n < max(p.min_predictions, 1):
+        why = f"only {n} canary predictions with the champion's answer so far (need "
+        return _pending("prediction_shift", limit, f"{why}{p.min_predictions})")
+    shift = prediction_shift(paired.canary, paired.champion)
+    offline = "uncalibrated" if p.offline_shift is None else f"offline {p.offline_shift:.3g}"
+    text = f"shift of {n} canary predictions from the champion's on the same requests ({offline})"
+    return _verdict("prediction_shift", shift, limit, text)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """The canary's predictions and the shadow champion's for the same requests."""
+
+    canary: np.ndarray
+    champion: np.ndarray
 
 
 def _mae_check(mae: OnlineMae | None, p: CanaryPolicy) -> CheckResult:
@@ -265,20 +319,20 @@ def _mae_check(mae: OnlineMae | None, p: CanaryPolicy) -> CheckResult:
 
 def run_checks(
     canary_interval: VariantStats,
-    champion_reference: VariantStats,
     policy: CanaryPolicy,
     mae: OnlineMae | None = None,
     *,
-    canary_cumulative: VariantStats | None = None,
+    paired: Paired | None = None,
 ) -> list[CheckResult]:
     """Judge one interval of canary traffic; too little evidence is inconclusive, never a pass.
 
-    Pass `canary_cumulative` (the canary version's scrape) to judge prediction drift on all its
-    predictions so far: a model's output distribution does not change by the minute, and at a 5 %
-    weight one interval rarely holds the `min_predictions` a stable PSI needs.
+    Error rate and latency use the interval; the prediction shift uses every paired prediction
+    since the release began (a model's outputs do not change by the minute, and at a 5 % weight
+    one interval holds few), and the online loss every labelled paired prediction.
     """
     return [
-        *_traffic_checks(canary_interval, champion_reference, policy, canary_cumulative),
+        *_traffic_checks(canary_interval, policy),
+        _shift_check(paired, policy),
         _mae_check(mae, policy),
     ]
 
@@ -299,9 +353,10 @@ class CanaryState:
     inconclusive: int = 0  # consecutive
     phase: Phase = Phase.PROGRESSING
     reason: str = ""
+    passes: int = 0  # consecutive passing analyses at the current step (bake time)
 
     def weight(self, policy: CanaryPolicy) -> int:
-        """Percent of entities for the canary: 0 once rolled back, so the champion serves all."""
+        """Percent of requests for the canary: 0 once rolled back, so the champion serves all."""
         if self.phase == Phase.ROLLBACK:
             return 0
         return policy.step_weights[min(self.step, len(policy.step_weights) - 1)]
@@ -312,6 +367,8 @@ class CanaryState:
     @classmethod
     def from_json(cls, text: str) -> CanaryState:
         data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
         return cls(**{**data, "phase": Phase(data["phase"])})
 
 
@@ -339,13 +396,23 @@ def advance(state: CanaryState, results: list[CheckResult], policy: CanaryPolicy
             reason = f"not enough canary traffic: {count} inconclusive analyses in a row ({why})"
             return replace(state, inconclusive=count, phase=Phase.ROLLBACK, reason=reason)
         reason = f"holding at {weight} % ({count}/{policy.max_inconclusive} inconclusive): {why}"
-        return replace(state, inconclusive=count, reason=reason)
+        return replace(state, inconclusive=count, passes=0, reason=reason)
+    passes = state.passes + 1
+    if state.step == len(policy.step_weights) - 2:  # the last step before 100 %: bake
+        online = next((r for r in results if r.name == "online_mae_ratio"), None)
+        if policy.wait_for_labels and (online is None or online.status != Status.SUCCESSFUL):
+            why = "not run" if online is None else online.detail
+            reason = f"baking at {weight} %: waiting for labels ({why})"
+            return replace(state, inconclusive=0, passes=passes, reason=reason)
+        if passes < policy.bake_analyses:
+            reason = f"baking at {weight} %: {passes}/{policy.bake_analyses} passing analyses"
+            return replace(state, inconclusive=0, passes=passes, reason=reason)
     if state.step >= len(policy.step_weights) - 1:
         reason = f"all checks passed at {weight} %: promote"
-        return replace(state, inconclusive=0, phase=Phase.PROMOTE, reason=reason)
+        return replace(state, inconclusive=0, passes=passes, phase=Phase.PROMOTE, reason=reason)
     step = state.step + 1
     reason = f"checks passed at {weight} %: canary weight now {policy.step_weights[step]} %"
-    return replace(state, step=step, inconclusive=0, reason=reason)
+    return replace(state, step=step, inconclusive=0, passes=0, reason=reason)
 
 
 def online_mae(
@@ -402,3 +469,40 @@ def mae_for(table: pd.DataFrame, canary_version: str, champion_version: str) -> 
     canary_mae, canary_n = pick("canary", canary_version)
     champion_mae, champion_n = pick("champion", champion_version)
     return OnlineMae(canary_mae, champion_mae, canary_n, champion_n)
+
+
+SHADOW_COLUMN = "shadow_prediction"  # the champion's answer logged beside each canary answer
+
+
+def paired_predictions(log: pd.DataFrame, canary_version: str) -> Paired:
+    """The canary's logged answers and the shadow champion's for the same requests."""
+    if log.empty or SHADOW_COLUMN not in log.columns:
+        return Paired(np.empty(0), np.empty(0))
+    rows = log[(log["variant"] == "canary") & (log["model_version"].astype(str) == canary_version)]
+    rows = rows.dropna(subset=[SHADOW_COLUMN])
+    return Paired(rows["prediction"].to_numpy(float), rows[SHADOW_COLUMN].to_numpy(float))
+
+
+def paired_online_loss(
+    log: pd.DataFrame,
+    labels: pd.DataFrame,
+    entity_keys: list[str],
+    target: str,
+    canary_version: str,
+    loss: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> OnlineMae:
+    """Online loss of the canary and of the shadow champion on the *same* requests.
+
+    Each canary answer is logged with the champion's answer for the same entity and day, so once
+    labels join both are judged on identical rows (not the canary's entities against the
+    champion's others).
+    """
+    if log.empty or SHADOW_COLUMN not in log.columns:
+        return OnlineMae(None, None, 0, 0)
+    rows = log[(log["variant"] == "canary") & (log["model_version"].astype(str) == canary_version)]
+    rows = rows.dropna(subset=[SHADOW_COLUMN])
+    shadow = rows.assign(variant="champion", prediction=rows[SHADOW_COLUMN])
+    table = online_mae(
+        pd.concat([rows, shadow], ignore_index=True), labels, entity_keys, target, loss
+    )
+    return mae_for(table, canary_version, canary_version)  # shadow rows keep the canary's version

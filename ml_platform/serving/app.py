@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect
 from ml_platform.layout import StateLayout
 from ml_platform.resources.feature_store import StoreUnavailableError, open_feature_store
 from ml_platform.resources.model_loader import registry_client
+from ml_platform.resources.prediction_log import PredictionLog
 from ml_platform.serving.batching import (
     BatchPredictor,
     NotReadyError,
@@ -32,7 +33,6 @@ from ml_platform.serving.batching import (
 )
 from ml_platform.serving.deployment import ModelSlots, Reloader
 from ml_platform.serving.metrics import ServingMetrics
-from ml_platform.serving.prediction_log import PredictionLog
 from ml_platform.serving.requests import RequestError, RequestParser, request_id
 from ml_platform.specs import PipelineSpec
 

@@ -19,12 +19,13 @@ import orjson
 import pandas as pd
 
 from ml_platform.core import training
+from ml_platform.core.canary import SHADOW_COLUMN
 from ml_platform.core.json_lines import iso_time
 from ml_platform.resources.feature_store import FeatureStore, entity_id
+from ml_platform.resources.prediction_log import PredictionLog
 from ml_platform.serving.deployment import CANARY, CHAMPION, LoadedModel, Snapshot
 from ml_platform.serving.metrics import ServingMetrics
-from ml_platform.serving.prediction_log import PredictionLog
-from ml_platform.serving.routing import is_canary
+from ml_platform.serving.routing import Router
 from ml_platform.specs import PipelineSpec
 
 log = logging.getLogger("ml_platform.serving")
@@ -84,6 +85,7 @@ class BatchPredictor:
         self.prediction_log = prediction_log
         self.columns = list(spec.feature_columns)
         self.categorical = bool(spec.features.categorical)
+        self.router = Router()
 
     def run(self, snapshot: Snapshot, jobs: list[PredictJob]) -> None:
         try:
@@ -113,12 +115,18 @@ class BatchPredictor:
         if not live:
             return
         matrix = self._inputs([rows[i].values for i in ids])
-        use_canary = np.array(
-            [snapshot.canary is not None and is_canary(i, snapshot.canary_weight) for i in ids],
-            dtype=bool,
-        )
-        predictions, served_by, canary_failed = self._predict(snapshot, matrix, use_canary)
-        self._answer(live, ids, rows, predictions, served_by, (use_canary, canary_failed), snapshot)
+        use_canary = np.zeros(len(ids), dtype=bool)
+        if snapshot.canary is not None:
+            self.router.configure(snapshot.affinity, snapshot.min_sticky_entities)
+            routed: list[bool] = []
+            answered = {id(j) for j in live}
+            for job, entity_ids in zip(jobs, job_ids, strict=True):
+                if id(job) in answered:  # one routing decision per answered request
+                    routed.extend(self.router.route(entity_ids, snapshot.canary_weight))
+            use_canary[:] = routed
+        predictions, served_by, canary_failed, shadow = self._predict(snapshot, matrix, use_canary)
+        routing = (use_canary, canary_failed, shadow)
+        self._answer(live, ids, rows, predictions, served_by, routing, snapshot)
 
     def _inputs(self, values: list[dict]) -> np.ndarray:
         """The model inputs, one row per entity: a float matrix, or (with categorical features)
@@ -147,9 +155,11 @@ class BatchPredictor:
 
     def _predict(
         self, snapshot: Snapshot, matrix: np.ndarray, use_canary: np.ndarray
-    ) -> tuple[np.ndarray, list[LoadedModel], bool]:
-        """Predictions, the model that made each, and whether the canary failed this batch."""
+    ) -> tuple[np.ndarray, list[LoadedModel], bool, np.ndarray]:
+        """Predictions, the model that made each, whether the canary failed this batch, and the
+        champion's shadow answer for each canary-served row (NaN elsewhere)."""
         predictions = np.empty(len(matrix))
+        shadow_values = np.full(len(matrix), np.nan)
         served_by: list[LoadedModel] = [snapshot.champion] * len(matrix)
         canary_failed = False
         if use_canary.any():
@@ -164,16 +174,18 @@ class BatchPredictor:
                 # with like, not the canary's few sticky entities with everyone else's.
                 shadow = self._model_predict(snapshot.champion, matrix[use_canary])
                 self.metrics.record_shadow(self.spec.name, snapshot.champion.version, shadow)
+                shadow_values[use_canary] = shadow
             except Exception:
                 log.exception("canary v%s failed; the champion answers", snapshot.canary.version)
                 canary_failed = True
                 use_canary = np.zeros_like(use_canary)
+                shadow_values[:] = np.nan
         champion_rows = ~use_canary
         if champion_rows.any():
             predictions[champion_rows] = self._model_predict(
                 snapshot.champion, matrix[champion_rows]
             )
-        return predictions, served_by, canary_failed
+        return predictions, served_by, canary_failed, shadow_values
 
     def _model_predict(self, loaded: LoadedModel, matrix: np.ndarray) -> np.ndarray:
         """The batch path's numbers without its DataFrame: the matrix columns are in the order the
@@ -188,7 +200,7 @@ class BatchPredictor:
             return training.raw_predict(loaded.model, matrix, self.spec)
 
     def _answer(self, jobs, ids, rows, predictions, served_by, canary, snapshot) -> None:
-        routed, canary_failed = canary
+        routed, canary_failed, shadow = canary
         keys = self.spec.entity_keys
         threshold = self.spec.model.decision_threshold if self.spec.is_classifier else None
         records: list[dict] = []
@@ -213,14 +225,15 @@ class BatchPredictor:
                     "prediction_for": row.prediction_for,
                 }
                 answer.append(item)
-                records.append(
-                    {
-                        **item,
-                        "time": stamp,
-                        "request_id": job.request_id,
-                        "features_hash": row.features_hash,
-                    }
-                )
+                record = {
+                    **item,
+                    "time": stamp,
+                    "request_id": job.request_id,
+                    "features_hash": row.features_hash,
+                }
+                if variant == CANARY:  # the pair the canary analysis judges on the same request
+                    record[SHADOW_COLUMN] = float(shadow[position])
+                records.append(record)
                 position += 1
             self._record_metrics(job, answer, routed_to_canary, canary_failed, snapshot)
             job.done(result=answer)

@@ -1,9 +1,10 @@
 """What one serving worker holds for a pipeline: its champion, its canary and the canary's weight.
 
 The registry is the single source of truth: the `champion` and `canary` aliases say which versions
-serve, and the registered model's `ml_platform.canary_weight` tag says what share of entities the
-canary gets. A background thread polls it and swaps in a new immutable `Snapshot` when anything
-moved. A request reads the snapshot once, so a reload never fails a request in flight.
+serve, the registered model's `ml_platform.canary_weight` tag what share of requests the canary
+gets, and its `ml_platform.canary_policy` tag how they are routed (written when the release
+began). A background thread polls it and swaps in a new immutable `Snapshot` when anything moved.
+A request reads the snapshot once, so a reload never fails a request in flight.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ml_platform.core import training
-from ml_platform.serving.loader import CANARY, CANARY_WEIGHT_TAG, CHAMPION, load_version
+from ml_platform.core.canary import POLICY_TAG, CanaryPolicy
+from ml_platform.names import CANARY, CANARY_WEIGHT_TAG, CHAMPION
+from ml_platform.resources.model_loader import load_version
 from ml_platform.specs import PipelineSpec
 
 log = logging.getLogger("ml_platform.serving")
@@ -46,22 +49,34 @@ class Snapshot:
     champion: LoadedModel | None = None
     canary: LoadedModel | None = None
     canary_weight: float = 0.0
+    affinity: str = "auto"  # how the canary's share is routed (serving/routing.py)
+    min_sticky_entities: int = 5000
 
     def describe(self) -> dict[str, Any]:
         return {
             "champion": None if self.champion is None else self.champion.version,
             "canary": None if self.canary is None else self.canary.version,
             "canary_weight": self.canary_weight,
+            "affinity": self.affinity,
         }
 
 
-def canary_weight(tags: dict[str, str], spec: PipelineSpec) -> float:
-    """The canary's share in percent: the tag the canary sensor sets, else the first step."""
+def canary_weight(tags: dict[str, str]) -> float:
+    """The canary's share in percent, as the release service last set it (0 without a tag: the
+    release writes the tag before the alias, so a missing tag means no release is in flight)."""
     try:
-        weight = float(tags.get(CANARY_WEIGHT_TAG, spec.deployment.canary.step_weights[0]))
+        weight = float(tags.get(CANARY_WEIGHT_TAG, 0.0))
     except ValueError:
         return 0.0
-    return min(max(weight, 0.0), 100.0)
+    return min(max(weight, 0.0), 100.0) if weight == weight else 0.0
+
+
+def release_policy(tags: dict[str, str]) -> CanaryPolicy:
+    """The routing policy the release wrote to the registry (defaults when absent or unreadable)."""
+    try:
+        return CanaryPolicy.from_json(tags[POLICY_TAG])
+    except (KeyError, ValueError, TypeError):
+        return CanaryPolicy()
 
 
 class ModelSlots:
@@ -93,8 +108,10 @@ class ModelSlots:
         errors: list[str] = []
         champion = self._resolve(aliases.get(CHAMPION), current.champion, CHAMPION, errors)
         canary = self._resolve(aliases.get(CANARY), current.canary, CANARY, errors)
-        weight = canary_weight(registered.tags or {}, self.spec) if canary is not None else 0.0
-        new = Snapshot(champion=champion, canary=canary, canary_weight=weight)
+        tags = registered.tags or {}
+        weight = canary_weight(tags) if canary is not None else 0.0
+        policy = release_policy(tags)
+        new = Snapshot(champion, canary, weight, policy.affinity, policy.min_sticky_entities)
         # What this refresh found, and only that: an alias moved back to a good version clears
         # the error of the bad one, even when the good one was still loaded.
         self.last_error = "; ".join(errors) or None

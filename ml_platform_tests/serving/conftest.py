@@ -52,7 +52,7 @@ def server(serving_root: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def running_server(serving_root: Path) -> Iterator[str]:
+def running_server(serving_root: Path, ready_timeout: float = 60) -> Iterator[str]:
     """The CLI a user runs, in its own process group; stopped (all workers) at the end."""
     port = free_port()
     env = {**os.environ, "ML_PLATFORM_ROOT": str(serving_root)}
@@ -87,7 +87,7 @@ def running_server(serving_root: Path) -> Iterator[str]:
             return False
 
     try:
-        wait_for(ready, 60, "the server to become ready")
+        wait_for(ready, ready_timeout, "the server to become ready")
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -14,7 +14,7 @@ import pytest
 from ml_platform.core.datagen import latest_landing_day
 from ml_platform.resources.feature_store import RedisFeatureStore
 from ml_platform.resources.online_store import OnlineStore
-from ml_platform.serving.prediction_log import read_prediction_log
+from ml_platform.resources.prediction_log import read_prediction_log
 from ml_platform_tests.serving.conftest import all_entities
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]

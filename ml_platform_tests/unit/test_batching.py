@@ -12,11 +12,11 @@ import pytest
 from sklearn.dummy import DummyRegressor
 
 from ml_platform.resources.feature_store import SqliteFeatureStore
+from ml_platform.resources.prediction_log import PredictionLog, read_prediction_log
 from ml_platform.serving.app import ServedPipeline
 from ml_platform.serving.batching import BatchPredictor, PredictJob, UnknownEntitiesError
 from ml_platform.serving.deployment import LoadedModel, ModelSlots, Snapshot
 from ml_platform.serving.metrics import ServingMetrics
-from ml_platform.serving.prediction_log import PredictionLog, read_prediction_log
 from ml_platform.serving.routing import is_canary
 
 
@@ -50,6 +50,7 @@ def served(spec, tmp_path: Path):
         champion=LoadedModel(1, _champion(spec, 10.0)),
         canary=LoadedModel(2, RaisesOnPromo()),
         canary_weight=50,
+        affinity="entity",  # per entity, so one request holds both variants
     )
     return pipeline, metrics, tmp_path
 

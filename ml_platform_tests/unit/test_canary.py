@@ -19,15 +19,18 @@ from ml_platform.core.canary import (
     CanaryState,
     CheckResult,
     OnlineMae,
+    Paired,
     Phase,
     Status,
     VariantStats,
     advance,
-    bucket_psi,
     histogram_quantile,
     mae_for,
     online_mae,
+    paired_online_loss,
+    paired_predictions,
     parse_metrics,
+    prediction_shift,
     run_checks,
     subtract,
 )
@@ -90,9 +93,6 @@ def _stats(requests=400, errors=0, latency_s=0.02, predictions=None) -> VariantS
         _buckets(latencies, LATENCY_BUCKETS),
         _buckets(predictions, PREDICTION_BUCKETS),
     )
-
-
-CHAMPION = _stats(20_000)
 
 
 def _by_name(results: list[CheckResult]) -> dict[str, CheckResult]:
@@ -211,65 +211,66 @@ def test_histogram_quantile_interpolates_like_prometheus():
         histogram_quantile(buckets, 99)
 
 
-def test_bucket_psi_is_zero_for_identical_large_for_shifted_none_for_empty():
-    reference = _buckets(_sales(5000), PREDICTION_BUCKETS)
-    assert bucket_psi(reference, reference) == 0
-    assert bucket_psi(reference, _buckets(_sales(5000, scale=3.0), PREDICTION_BUCKETS)) > 1
-    assert bucket_psi(reference, _buckets([], PREDICTION_BUCKETS)) is None
-    assert bucket_psi((), reference) is None
-    with pytest.raises(ValueError, match="bucket bounds"):
-        bucket_psi(reference, _buckets([1.0], LATENCY_BUCKETS))
+def _paired(n: int = 400, canary=None) -> Paired:
+    champion = _sales(n)
+    return Paired(champion * 1.05 if canary is None else canary(champion), champion)
 
 
-def test_psi_noise_of_an_identical_model_stays_under_the_limit_at_min_predictions():
-    reference = CHAMPION.prediction_buckets
-    noise = [
-        bucket_psi(reference, _buckets(_sales(POLICY.min_predictions), PREDICTION_BUCKETS))
-        for _ in range(300)
-    ]
-    tiny = [bucket_psi(reference, _buckets(_sales(20), PREDICTION_BUCKETS)) for _ in range(300)]
-    assert np.mean(np.array(noise) > POLICY.max_prediction_psi) < 0.01
-    assert np.mean(np.array(tiny) > POLICY.max_prediction_psi) > 0.9  # why min_predictions exists
+def test_prediction_shift_catches_broken_models_not_better_ones():
+    champion = _sales(2000)
+    better = champion * rng.normal(1.0, 0.1, champion.size)  # a retrain: close, a little apart
+    assert prediction_shift(champion, champion) == 0
+    assert prediction_shift(better, champion) < 0.25
+    constant = np.full(champion.size, np.median(champion))
+    assert prediction_shift(constant, champion) > 0.75
+    assert prediction_shift(rng.permutation(champion), champion) > 1.0
+    assert prediction_shift(np.full(champion.size, np.nan), champion) == math.inf
+    with pytest.raises(ValueError, match="same length"):
+        prediction_shift(champion[:3], champion)
+
+
+def test_shift_limit_is_calibrated_on_the_offline_difference_within_floor_and_cap():
+    assert CanaryPolicy().shift_limit() == 0.75  # uncalibrated: the cap
+    assert CanaryPolicy(offline_shift=0.01).shift_limit() == canary.SHIFT_FLOOR
+    assert CanaryPolicy(offline_shift=0.3).shift_limit() == pytest.approx(0.6)
+    assert CanaryPolicy(offline_shift=2.0).shift_limit() == 0.75  # never lets a constant through
+    policy = CanaryPolicy(offline_shift=0.3, affinity="request", step_weights=(10, 100))
+    assert CanaryPolicy.from_json(policy.to_json()) == policy
 
 
 # --- checks -------------------------------------------------------------------------------------
 
 
 def test_healthy_canary_passes_every_traffic_check():
-    checks = _by_name(run_checks(_stats(400), CHAMPION, POLICY))
+    checks = _by_name(run_checks(_stats(400), POLICY, paired=_paired()))
     assert [c.status for c in checks.values()] == [Status.SUCCESSFUL] * 3 + [Status.INCONCLUSIVE]
     assert checks["p99_latency_ms"].value == pytest.approx(20, abs=5)
-    assert checks["prediction_psi"].value < POLICY.max_prediction_psi
+    assert checks["prediction_shift"].value < POLICY.shift_limit()
 
 
 def test_each_traffic_check_fails_on_its_own_fault():
-    errors = _by_name(run_checks(_stats(212, errors=3), CHAMPION, POLICY))["error_rate"]
+    errors = _by_name(run_checks(_stats(212, errors=3), POLICY))["error_rate"]
     assert errors.status == Status.FAILED
     assert errors.detail == "3 errors in 212 canary requests (1.42 % > 1.00 %)"
-    slow = _by_name(run_checks(_stats(400, latency_s=0.3), CHAMPION, POLICY))
+    slow = _by_name(run_checks(_stats(400, latency_s=0.3), POLICY))
     assert slow["p99_latency_ms"].status == Status.FAILED and slow["p99_latency_ms"].value > 100
     assert slow["error_rate"].status == Status.SUCCESSFUL
-    drifted = _stats(400, predictions=_sales(400, scale=2.0))
-    psi = _by_name(run_checks(drifted, CHAMPION, POLICY))["prediction_psi"]
-    assert psi.status == Status.FAILED and psi.value > POLICY.max_prediction_psi
+    constant = _paired(canary=lambda c: np.full(c.size, c.mean()))
+    shift = _by_name(run_checks(_stats(400), POLICY, paired=constant))["prediction_shift"]
+    assert shift.status == Status.FAILED and shift.value > POLICY.shift_limit()
 
 
 def test_too_little_evidence_is_inconclusive_never_a_pass():
-    quiet = run_checks(_stats(POLICY.min_requests - 1, errors=5), CHAMPION, POLICY)
+    quiet = run_checks(_stats(POLICY.min_requests - 1, errors=5), POLICY)
     assert {r.status for r in quiet} == {Status.INCONCLUSIVE}
     assert all(r.value is None for r in quiet)
     assert "19 canary requests" in quiet[0].detail
 
-    no_reference = _by_name(run_checks(_stats(400), VariantStats(), POLICY))
-    assert no_reference["prediction_psi"].status == Status.INCONCLUSIVE
-    assert "champion has no predictions" in no_reference["prediction_psi"].detail
-    few = _stats(400, predictions=_sales(POLICY.min_predictions - 1))
-    psi = _by_name(run_checks(few, CHAMPION, POLICY))["prediction_psi"]
-    assert psi.status == Status.INCONCLUSIVE
-    assert "199 canary predictions in the interval" in psi.detail
-    so_far = _stats(2000)  # the canary version's cumulative scrape holds enough predictions
-    psi = _by_name(run_checks(few, CHAMPION, POLICY, canary_cumulative=so_far))["prediction_psi"]
-    assert psi.status == Status.SUCCESSFUL and "2000 canary predictions so far" in psi.detail
+    few = _by_name(run_checks(_stats(400), POLICY, paired=_paired(POLICY.min_predictions - 1)))
+    assert few["prediction_shift"].status == Status.INCONCLUSIVE
+    assert "only 49 canary predictions" in few["prediction_shift"].detail
+    none = _by_name(run_checks(_stats(400), POLICY))["prediction_shift"]
+    assert none.status == Status.INCONCLUSIVE and none.value is None
 
 
 @pytest.mark.parametrize(
@@ -285,7 +286,7 @@ def test_too_little_evidence_is_inconclusive_never_a_pass():
     ],
 )
 def test_online_mae_ratio_check(mae, status):
-    check = _by_name(run_checks(_stats(400), CHAMPION, POLICY, mae))["online_mae_ratio"]
+    check = _by_name(run_checks(_stats(400), POLICY, mae))["online_mae_ratio"]
     assert check.status == status
     assert (check.value is None) == (status == Status.INCONCLUSIVE)
 
@@ -308,9 +309,9 @@ def test_failures_accumulate_over_the_release_then_roll_back():
     assert (state.phase, state.step, state.failed) == (Phase.PROGRESSING, 0, 1)
     state = advance(state, _results(), POLICY)  # a good interval does not forgive the failure
     assert (state.step, state.failed) == (1, 1)
-    state = advance(state, _results(prediction_psi=Status.FAILED), POLICY)
+    state = advance(state, _results(prediction_shift=Status.FAILED), POLICY)
     assert state.phase == Phase.ROLLBACK and state.weight(POLICY) == 0
-    assert "prediction_psi" in state.reason and "prediction_psi detail" in state.reason
+    assert "prediction_shift" in state.reason and "prediction_shift detail" in state.reason
     assert "p99_latency_ms" not in state.reason
 
 
@@ -320,7 +321,7 @@ def test_inconclusive_holds_the_step_and_rolls_back_when_traffic_never_comes():
     assert advance(state, _results(), POLICY).inconclusive == 0
     for _ in range(POLICY.max_inconclusive - 1):
         assert state.phase == Phase.PROGRESSING and state.step == 1
-        state = advance(state, _results(prediction_psi=Status.INCONCLUSIVE), POLICY)
+        state = advance(state, _results(prediction_shift=Status.INCONCLUSIVE), POLICY)
     assert state.phase == Phase.ROLLBACK
     assert state.reason.startswith("not enough canary traffic")
 
@@ -349,27 +350,31 @@ def test_state_json_round_trip():
 def test_policy_rejects_nonsense():
     with pytest.raises(ValueError, match="increasing"):
         CanaryPolicy(step_weights=(50, 25))
-    with pytest.raises(ValueError, match="0, 100"):
+    with pytest.raises(ValueError, match="exactly 100"):
         CanaryPolicy(step_weights=(5, 150))
+    with pytest.raises(ValueError, match="exactly 100"):
+        CanaryPolicy(step_weights=(5, 50))  # the spec's rule too: a release ends at 100 %
+    with pytest.raises(ValueError, match="affinity"):
+        CanaryPolicy(affinity="sometimes")
     with pytest.raises(ValueError, match="at least 1"):
         CanaryPolicy(failure_threshold=0)
 
 
-def _release(app: App, requests_per_interval: int, cumulative_psi: bool = False) -> CanaryState:
+def _release(app: App, requests_per_interval: int, policy: CanaryPolicy = POLICY) -> CanaryState:
     """The sensor's loop over real scrapes: delta, checks, next state, until a decision."""
-    state, previous = CanaryState("4"), None
-    app.serve("champion", "3", rng.gamma(2.0, 0.004, 5000), _sales(5000))
+    state, previous, paired = CanaryState("4"), None, Paired(np.empty(0), np.empty(0))
     while state.phase == Phase.PROGRESSING:
-        n_canary = requests_per_interval * state.weight(POLICY) // 100
-        n_champion = requests_per_interval - n_canary
+        n_canary = requests_per_interval * state.weight(policy) // 100
         app.serve("canary", "4", rng.gamma(2.0, 0.004, n_canary), _sales(n_canary))
-        app.serve("champion", "3", rng.gamma(2.0, 0.004, n_champion), _sales(n_champion))
         scraped = parse_metrics(app.scrape(), PIPELINE)
         interval = subtract(scraped["canary", "4"], previous)
         previous = scraped["canary", "4"]
-        so_far = previous if cumulative_psi else None
-        results = run_checks(interval, scraped["champion", "3"], POLICY, canary_cumulative=so_far)
-        state = advance(state, results, POLICY)
+        more = _paired(n_canary)  # the log grows by the interval's paired answers
+        paired = Paired(
+            np.concatenate([paired.canary, more.canary]),
+            np.concatenate([paired.champion, more.champion]),
+        )
+        state = advance(state, run_checks(interval, policy, paired=paired), policy)
         assert state.failed == 0, state.reason
     return state
 
@@ -378,10 +383,20 @@ def test_sensor_loop_over_real_scrapes_promotes_a_healthy_canary():
     assert _release(App(), 5000).phase == Phase.PROMOTE
 
 
-def test_low_traffic_needs_cumulative_psi_to_get_past_5_percent():
-    held = _release(App(), 1000)  # 50 canary predictions per interval at 5 %
-    assert held.phase == Phase.ROLLBACK and "only 50 canary predictions" in held.reason
-    assert _release(App(), 1000, cumulative_psi=True).phase == Phase.PROMOTE
+def test_low_traffic_holds_until_enough_paired_predictions_accumulate():
+    state = _release(App(), 600)  # 30 canary answers per interval at 5 %: two intervals for 50
+    assert state.phase == Phase.PROMOTE
+
+
+def test_bake_holds_the_step_before_100_until_labels_judge():
+    policy = CanaryPolicy(wait_for_labels=True, bake_analyses=3)
+    state = CanaryState("4", step=2)
+    state = advance(state, _results(online_mae_ratio=Status.INCONCLUSIVE), policy)
+    assert (state.step, state.inconclusive) == (2, 0) and "waiting for labels" in state.reason
+    state = advance(state, _results(), policy)  # labels passed; a third bake analysis is due
+    assert state.step == 2 and "baking at 50 %" in state.reason
+    state = advance(state, _results(), policy)
+    assert state.step == 3 and state.weight(policy) == 100
 
 
 # --- online MAE from the prediction log ---------------------------------------------------------
@@ -431,7 +446,51 @@ def test_online_mae_without_overlap_is_empty_and_inconclusive():
     assert table.empty and list(table.columns) == ["variant", "model_version", "mae", "n"]
     mae = mae_for(table, "4", "3")
     assert mae == OnlineMae(None, None, 0, 0)
-    check = _by_name(run_checks(_stats(400), CHAMPION, POLICY, mae))["online_mae_ratio"]
+    check = _by_name(run_checks(_stats(400), POLICY, mae))["online_mae_ratio"]
     assert check.status == Status.INCONCLUSIVE
     with pytest.raises(ValueError, match=r"labels lack columns \['sales'\]"):
         online_mae(predictions, labels.drop(columns="sales"), ["store_id"], "sales")
+
+
+def test_online_loss_compares_canary_and_shadow_champion_on_the_same_requests():
+    log = pd.DataFrame(
+        {
+            "store_id": [1, 2, 3, 1],
+            "prediction_for": ["2024-03-02"] * 4,
+            "variant": ["canary", "canary", "champion", "canary"],
+            "model_version": [4, 4, 3, 5],
+            "prediction": [12.0, 21.0, 50.0, 0.0],
+            "shadow_prediction": [10.0, 20.0, np.nan, 1.0],
+            "time": ["2024-03-01T00:00:00"] * 4,
+        }
+    )
+    labels = pd.DataFrame(
+        {"store_id": [1, 2, 3], "date": ["2024-03-02"] * 3, "sales": [12.0, 20.0, 30.0]}
+    )
+    paired = paired_predictions(log, "4")
+    assert paired.canary.tolist() == [12.0, 21.0] and paired.champion.tolist() == [10.0, 20.0]
+    # store 3's champion answer (another entity) never enters: like is judged against like
+    assert paired_online_loss(log, labels, ["store_id"], "sales", "4") == OnlineMae(0.5, 1.0, 2, 2)
+    assert paired_online_loss(
+        log.drop(columns="shadow_prediction"), labels, ["store_id"], "sales", "4"
+    ) == OnlineMae(None, None, 0, 0)
+
+
+def test_the_spec_is_the_policy_built_in_one_place(spec):
+    """Every CanarySpec setting reaches the policy, and the defaults of both agree."""
+    from ml_platform.release import policy_for
+    from ml_platform.specs import CanarySpec
+
+    default = spec.model_copy(
+        update={"deployment": spec.deployment.model_copy(update={"canary": CanarySpec()})}
+    )
+    assert policy_for(default) == CanaryPolicy()
+    tuned = CanarySpec(step_weights=[10, 100], interval_seconds=30, bake_seconds=61)
+    custom = default.model_copy(
+        update={"deployment": default.deployment.model_copy(update={"canary": tuned})}
+    )
+    policy = policy_for(custom, offline_shift=0.2)
+    assert policy.step_weights == (10, 100) and policy.bake_analyses == 3
+    assert policy.offline_shift == 0.2
+    with pytest.raises(ValueError, match="to 100"):
+        CanarySpec(step_weights=[5, 50])

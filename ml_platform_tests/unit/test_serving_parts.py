@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ml_platform.resources.feature_store import SqliteFeatureStore, open_feature_store
-from ml_platform.serving.prediction_log import PredictionLog, read_prediction_log
+from ml_platform.resources.prediction_log import PredictionLog, read_prediction_log
 from ml_platform.serving.requests import RequestError, RequestParser
 from ml_platform.serving.routing import bucket, is_canary
 
