@@ -3,8 +3,8 @@
     .venv/bin/python docs/import_graph.py > /tmp/graph.mmd
 
 Nodes are the subpackages (`core`, `resources`, `release`, `assets`, `automation`, `serving`)
-and the top-level modules; those every layer imports are one `foundation` node, with the edges into it
-left out. An edge A --> B means some module of A imports some module of B (function-level
+and the top-level modules; those every layer imports are one `foundation` node, with the edges
+into it left out. An edge A --> B means some module of A imports some module of B (function-level
 imports included, as import-linter counts them). Edges that go up or sideways between the layers
 of `[tool.importlinter]` are drawn dashed: they should be only the temporary `ignore_imports`.
 Uses grimp, which import-linter installs.
