@@ -40,6 +40,7 @@ from ml_platform.settings import (
     DEFAULT_CELERY_BROKER,
     celery_broker_set,
     celery_queue,
+    data_root,
     default_root,
     executor_name,
     mlflow_artifact_root,
@@ -71,7 +72,7 @@ def build_definitions(
     artifact_root = mlflow_artifact_root(root)
     resources: dict[str, object] = {
         "paths": PlatformPaths(root=str(root)),
-        "parquet_io": ParquetIOManager(base_dir=str(root / "data")),
+        "parquet_io": ParquetIOManager(base_dir=data_root(root)),
         "registry": ModelRegistry(tracking_uri=tracking_uri, artifact_root=artifact_root),
         "online_store": OnlineStore(url=online_store_url(root)),
     }

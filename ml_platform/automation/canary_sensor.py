@@ -18,13 +18,13 @@ from ml_platform.core.storage import read_frame
 from ml_platform.resources.io_manager import ParquetIOManager
 from ml_platform.serving.canary_release import CanaryCursor, analyse, scrape
 from ml_platform.serving.loader import registry_client
-from ml_platform.settings import default_root, mlflow_uri, serving_url
+from ml_platform.settings import data_root, default_root, mlflow_uri, serving_url
 from ml_platform.specs import PipelineSpec
 
 
 def validated_labels(root: Path, spec: PipelineSpec):
     """Reads the target of the given days from the `validated` partitions that exist."""
-    storage = ParquetIOManager(base_dir=str(Path(root) / "data"))
+    storage = ParquetIOManager(base_dir=data_root(Path(root)))
     key = asset_key(spec, "validated")
 
     def load(days: list[str]) -> pd.DataFrame:
