@@ -120,12 +120,14 @@ def select_executor() -> dg.ExecutorDefinition:
     if name == "celery":
         from dagster_celery import celery_executor
 
+        from ml_platform.production import CELERY_RELIABILITY
+
         broker = {"env": CELERY_BROKER_ENV} if celery_broker_set() else DEFAULT_CELERY_BROKER
         return celery_executor.configured(
             {
                 "broker": broker,
                 "backend": "rpc://",
-                "config_source": {"task_default_queue": celery_queue()},
+                "config_source": {"task_default_queue": celery_queue(), **CELERY_RELIABILITY},
             },
             name="celery",
         )
