@@ -182,3 +182,45 @@ def test_postgres_connections_cut_mid_run_end_clearly_and_a_rerun_completes(
     assert len([k for k in parquet_md5s(root) if "/raw/" in k]) == DAYS
     stored = stored_raw_md5s(spec)
     assert len(stored) == DAYS
+
+
+def test_mlflow_server_down_during_training_fails_clearly_and_keeps_the_champion(
+    isolated_env, spec, monkeypatch, tmp_path, capsys
+):
+    """Embedded Dagster instance (the fault is MLflow's); the server on its own database."""
+    from mlflow.tracking import MlflowClient
+
+    from ml_platform.demo import materialize
+    from ml_platform.production import drop_database, start_mlflow_server
+    from ml_platform.resources.registry import CHAMPION
+
+    root, database = isolated_env, unique("mlp_mlflow")
+    artifacts = tmp_path / "server_artifacts"
+    train = ["training_set", "challenger", "promotion"]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # fail in seconds, not minutes
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    server = start_mlflow_server(database, artifacts, log=tmp_path / "mlflow-1.log")
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        generate(root, spec, stores=4, days=160, seed=3)
+        assert materialize(root, spec, INGEST)
+        assert materialize(root, spec, train)
+        client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+        champion = client.get_model_version_by_alias(spec.name, CHAMPION).version
+        server.stop()
+        capsys.readouterr()
+
+        assert not materialize(root, spec, train)  # the server is gone
+        printed = capsys.readouterr()
+        text = printed.out + printed.err
+        assert "FAILED" in text
+        assert any(s in text for s in ("Connection refused", "Max retries", "MLflow", "mlflow"))
+
+        server = start_mlflow_server(database, artifacts, log=tmp_path / "mlflow-2.log")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)  # a new port, the same store
+        client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+        assert client.get_model_version_by_alias(spec.name, CHAMPION).version == champion
+        assert materialize(root, spec, train)  # the re-run completes
+    finally:
+        server.stop()
+        drop_database(database)

@@ -9,8 +9,13 @@ server is covered by `test_mlflow_server.py`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import dagster as dg
 import httpx
@@ -32,10 +37,44 @@ from ml_platform_tests.e2e.test_daemon import (
     e2e_spec_dir,
 )
 from ml_platform_tests.production.conftest import unique
-from ml_platform_tests.serving.conftest import running_server
+from ml_platform_tests.serving.conftest import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 REDIS = "redis://127.0.0.1:6379/0"
+
+
+@contextlib.contextmanager
+def serving(root, log):
+    """`ml-platform serve` as a user starts it, one worker (uvicorn's supervisor restarted a
+    second worker that was slow to import on a loaded 2-core machine); stopped at the end."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "ml-platform"), "serve", "--port", str(port)]
+    command += ["--workers", "1"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert process.poll() is None, log.read_text()[-3000:]
+        try:
+            return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, 300, "the server to become ready")
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
 
 
 def test_a_landing_file_is_served_from_redis_after_daemon_and_celery_runs(
@@ -103,7 +142,7 @@ def test_a_landing_file_is_served_from_redis_after_daemon_and_celery_runs(
         assert all(row is not None for row in stored)
         assert {str(json.loads(row)[e2e.timestamp])[:10] for row in stored} == {day}
 
-        with running_server(root) as url:
+        with serving(root, logs / "serve.log") as url:
             response = httpx.post(f"{url}/predict", json={"entities": entities}, timeout=60)
         assert response.status_code == 200, response.text
         online = pd.DataFrame(response.json()["predictions"])
