@@ -19,9 +19,11 @@ Issue 14's aim: at least 1.6x from the second worker on 2 cores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -98,7 +100,20 @@ def run_config(template: Path, work: Path, label: str, executor: str, workers: i
             *STAGES,
         ]
         clock = time.perf_counter()
-        done = subprocess.run(command, cwd=root, capture_output=True, text=True)
+        process = subprocess.Popen(
+            command,
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its run processes are ended with it if the bench stops
+        )
+        try:
+            stdout, stderr = process.communicate()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
         seconds = time.perf_counter() - clock
         if done.returncode != 0:
             raise SystemExit(f"{label} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -122,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=730)
     parser.add_argument("--batch", type=int, default=92, help="days per run (multi-run backfill)")
     args = parser.parse_args(argv)
+    # `timeout` or Ctrl-C: still stop the workers, drop the databases and remove the folders
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from ml_platform.settings import use_passive_openmp
 
