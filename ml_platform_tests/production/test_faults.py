@@ -219,7 +219,9 @@ def test_mlflow_server_down_during_training_fails_clearly_and_keeps_the_champion
         assert "FAILED" in text
         assert any(s in text for s in ("Connection refused", "Max retries", "MLflow", "mlflow"))
 
-        server = start_mlflow_server(database, artifacts, log=tmp_path / "mlflow-2.log")
+        server = start_mlflow_server(  # a loaded machine took over 180 s to start it again
+            database, artifacts, log=tmp_path / "mlflow-2.log", timeout=600
+        )
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)  # a new port, the same store
         client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
         assert client.get_model_version_by_alias(spec.name, CHAMPION).version == champion
