@@ -357,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--pipeline", action="append", help="pipeline name (repeatable)")
     demo.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
+    # A SIGTERM (a supervisor, `timeout`, a test) still stops the server and workers it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return run_distributed_demo(default_root(), args.pipeline, args.workers)
 
 

@@ -84,9 +84,16 @@ def test_demo_distributed_equals_the_embedded_demo_and_stops_what_it_started(
     command = [sys.executable, "-m", "ml_platform.production", "demo", "--workers", "2"]
     command += ["--pipeline", spec.name]
     try:
-        done = subprocess.run(
-            command, cwd=root, env=env, capture_output=True, text=True, timeout=1400
+        process = subprocess.Popen(
+            command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
+        try:
+            stdout, stderr = process.communicate(timeout=2400)
+        finally:
+            if process.poll() is None:  # a timeout: SIGTERM lets it stop what it started
+                process.terminate()
+                process.communicate(timeout=120)
+        done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
         assert our_processes(str(root)) == []  # MLflow server, workers: all stopped
         distributed = summary(done.stdout)
