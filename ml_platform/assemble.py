@@ -41,6 +41,7 @@ from ml_platform.settings import (
     DEFAULT_CELERY_BROKER,
     celery_broker_set,
     celery_queue,
+    data_root,
     default_root,
     executor_name,
     mlflow_artifact_root,
@@ -71,7 +72,7 @@ def build_definitions(
     # URLs that may hold passwords enter the definitions as env var names (`dg.EnvVar`).
     resources: dict[str, object] = {
         "paths": PlatformPaths(root=str(root)),
-        "parquet_io": ParquetIOManager(base_dir=str(root / "data")),
+        "parquet_io": ParquetIOManager(base_dir=data_root(root)),
         "registry": ModelRegistry(
             tracking_uri=tracking_uri_source(root), artifact_root=artifact_root
         ),
@@ -123,12 +124,14 @@ def select_executor() -> dg.ExecutorDefinition:
     if name == "celery":
         from dagster_celery import celery_executor
 
+        from ml_platform.production import CELERY_RELIABILITY
+
         broker = {"env": CELERY_BROKER_ENV} if celery_broker_set() else DEFAULT_CELERY_BROKER
         return celery_executor.configured(
             {
                 "broker": broker,
                 "backend": "rpc://",
-                "config_source": {"task_default_queue": celery_queue()},
+                "config_source": {"task_default_queue": celery_queue(), **CELERY_RELIABILITY},
             },
             name="celery",
         )

@@ -25,6 +25,17 @@ from ml_platform.layout import StateLayout
 from ml_platform.settings import postgres_server
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
+
+# Celery settings both sides use (executor and workers; deploy/celery.yaml). By default Celery acks
+# a task when a worker takes it, so a worker killed mid-step lost the step and its run waited for
+# a result forever. Acked only when done, the broker hands an unfinished step to another worker
+# when the dead one's connection drops; a step writes whole files only (temp + rename), so running
+# it again rewrites the same bytes. One task prefetched per worker, so none waits behind a slow one.
+CELERY_RELIABILITY = {
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "worker_prefetch_multiplier": 1,
+}
 POSTGRES_INSTANCE_YAML = DEPLOY_DIR / "dagster.postgres.yaml"
 
 
@@ -220,7 +231,7 @@ def write_celery_config(path: Path, queue: str) -> Path:
             "config": {
                 "broker": broker,
                 "backend": "rpc://",
-                "config_source": {"task_default_queue": queue},
+                "config_source": {"task_default_queue": queue, **CELERY_RELIABILITY},
             }
         }
     }
@@ -281,6 +292,7 @@ def delete_celery_queue(queue: str) -> None:
 
 DAGSTER_DATABASE = "ml_platform_dagster"
 MLFLOW_DATABASE = "ml_platform_mlflow"
+MLFLOW_DB_ENV = "ML_PLATFORM_MLFLOW_DB"  # the MLflow server's database (a test's own, a 2nd team)
 DEMO_QUEUE = "ml_platform"
 DEMO_BATCH_DAYS = "92"  # a 730-day backfill becomes 8 runs per wave, spread over the workers
 DEMO_REDIS = "redis://127.0.0.1:6379/0"
@@ -290,7 +302,8 @@ def run_distributed_demo(root: Path, pipelines: list[str] | None = None, workers
     """`make demo-distributed`: the same demo and summary as `ml-platform demo`, on real services.
 
     It uses the PostgreSQL, Redis and RabbitMQ that are running (DAGSTER_PG_*,
-    ML_PLATFORM_ONLINE_STORE_URL, ML_PLATFORM_CELERY_BROKER override the local defaults), starts
+    ML_PLATFORM_MLFLOW_DB, ML_PLATFORM_ONLINE_STORE_URL, ML_PLATFORM_CELERY_BROKER and _QUEUE
+    override the local defaults), starts
     what is missing (an MLflow server on PostgreSQL that serves artifacts, `workers` Celery
     workers), and stops everything it started when it ends. Runs are launched from this process
     (no daemon needed: the daemon only serves sensors, schedules and the run queue).
@@ -309,10 +322,11 @@ def run_distributed_demo(root: Path, pipelines: list[str] | None = None, workers
     root = Path(root).resolve()
     state = StateLayout(root).production
     logs = state / "logs"
-    create_database(DAGSTER_DATABASE)
+    dagster_db = dagster_pg_database(DAGSTER_DATABASE)
+    create_database(dagster_db)
     home = write_postgres_instance(state / "dagster_home")
     env = {
-        **postgres_instance_env(dagster_pg_database(DAGSTER_DATABASE)),
+        **postgres_instance_env(dagster_db),
         "DAGSTER_HOME": str(home),
         "ML_PLATFORM_ROOT": str(root),
         "ML_PLATFORM_EXECUTOR": "celery",
@@ -323,8 +337,9 @@ def run_distributed_demo(root: Path, pipelines: list[str] | None = None, workers
     saved = apply_env(env)
     started: list[Service] = []
     try:
-        print(f"[0/6] starting an MLflow server on PostgreSQL ({MLFLOW_DATABASE}) …", flush=True)
-        mlflow = start_mlflow_server(MLFLOW_DATABASE, state / "mlartifacts", logs / "mlflow.log")
+        mlflow_db = os.environ.get(MLFLOW_DB_ENV) or MLFLOW_DATABASE
+        print(f"[0/6] starting an MLflow server on PostgreSQL ({mlflow_db}) …", flush=True)
+        mlflow = start_mlflow_server(mlflow_db, state / "mlartifacts", logs / "mlflow.log")
         started.append(mlflow)
         saved.update(apply_env({"MLFLOW_TRACKING_URI": mlflow.url}))
         print(f"      MLflow {mlflow.url}; starting {workers} Celery workers …", flush=True)
@@ -348,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--pipeline", action="append", help="pipeline name (repeatable)")
     demo.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
+    # A SIGTERM (a supervisor, `timeout`, a test) still stops the server and workers it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return run_distributed_demo(default_root(), args.pipeline, args.workers)
 
 

@@ -14,6 +14,7 @@ from ml_platform.layout import StateLayout
 from ml_platform.specs import SPEC_DIR
 
 ONLINE_STORE_URL_ENV = "ML_PLATFORM_ONLINE_STORE_URL"
+DATA_ROOT_ENV = "ML_PLATFORM_DATA_ROOT"
 SERVING_URL_ENV = "ML_PLATFORM_SERVING_URL"
 DEFAULT_SERVING_URL = "http://127.0.0.1:8000"
 ALERT_WEBHOOK_ENV = "ML_PLATFORM_ALERT_WEBHOOK"
@@ -31,6 +32,12 @@ def spec_dir_from_env() -> Path:
     """`ML_PLATFORM_SPEC_DIR` if set (tests with short sensor intervals, a second deployment),
     else the packaged specs."""
     return Path(os.environ.get("ML_PLATFORM_SPEC_DIR") or SPEC_DIR)
+
+
+def data_root(root: Path) -> str:
+    """`ML_PLATFORM_DATA_ROOT` (a folder or a URL such as `s3://bucket/prefix`, read through
+    fsspec) or `<root>/data`. Landing files, DVC and runtime state stay under the project root."""
+    return os.environ.get(DATA_ROOT_ENV) or str(Path(root) / "data")
 
 
 def mlflow_uri(root: Path) -> str:

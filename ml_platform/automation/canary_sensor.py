@@ -23,7 +23,7 @@ from ml_platform.resources.io_manager import ParquetIOManager
 from ml_platform.resources.keys import asset_key
 from ml_platform.resources.model_loader import registry_client
 from ml_platform.resources.prediction_log import read_prediction_log
-from ml_platform.settings import default_root, mlflow_uri, serving_url
+from ml_platform.settings import data_root, default_root, mlflow_uri, serving_url
 from ml_platform.specs import PipelineSpec
 
 log = logging.getLogger("ml_platform.canary")
@@ -31,7 +31,7 @@ log = logging.getLogger("ml_platform.canary")
 
 def validated_labels(root: Path, spec: PipelineSpec):
     """Reads the target of the given days from the `validated` partitions that exist."""
-    storage = ParquetIOManager(base_dir=str(Path(root) / "data"))
+    storage = ParquetIOManager(base_dir=data_root(Path(root)))
     key = asset_key(spec, "validated")
 
     def load(days: list[str]) -> pd.DataFrame:

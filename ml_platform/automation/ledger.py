@@ -6,6 +6,7 @@ import dagster as dg
 
 from ml_platform.resources.dvc import DvcError, DvcLedger
 from ml_platform.resources.platform import default_root
+from ml_platform.settings import data_root
 
 
 def build_dvc_recorder(
@@ -24,7 +25,10 @@ def build_dvc_recorder(
         pipeline = pipeline_of_job.get(context.dagster_run.job_name)
         if pipeline is None:
             return dg.SkipReason(f"{context.dagster_run.job_name} writes no DVC-tracked data")
-        ledger = DvcLedger(default_root())
+        root = default_root()
+        if "://" in data_root(root):  # DVC versions a local workspace, not a bucket's objects
+            return dg.SkipReason(f"data products live at {data_root(root)}, outside DVC's data/")
+        ledger = DvcLedger(root)
         if not ledger.enabled:
             return dg.SkipReason("no .dvc/ and dvc.yaml in the project root")
         try:

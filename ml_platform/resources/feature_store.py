@@ -184,8 +184,22 @@ def open_feature_store(url: str, read_only: bool = False) -> FeatureStore:
     if scheme == "sqlite":
         return SqliteFeatureStore(Path(url.removeprefix("sqlite:///")), read_only=read_only)
     if scheme in {"redis", "rediss", "unix"}:
-        return RedisFeatureStore(url)
+        return RedisFeatureStore(*_redis_namespace(url))
     raise ValueError(f"unsupported online store URL {url!r}: use sqlite:///PATH or redis://HOST")
+
+
+def _redis_namespace(url: str) -> tuple[str, str]:
+    """`redis://host/db?namespace=team_a` keeps one deployment's (or test's) keys apart from
+    another's on a shared server; redis-py does not know the option, so it is taken out."""
+    from urllib.parse import parse_qsl, urlencode
+
+    parts = urlparse(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    names = [v for k, v in query if k == "namespace"]
+    if not names:
+        return url, "ml_platform:online"
+    rest = urlencode([(k, v) for k, v in query if k != "namespace"])
+    return parts._replace(query=rest).geturl(), names[-1]
 
 
 def entity_id(spec: PipelineSpec, row: dict) -> str:

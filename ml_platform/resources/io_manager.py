@@ -1,19 +1,21 @@
 """One IO manager for every data product: `data/<pipeline>/<stage>/<partition>.parquet`.
 
 Assets hand it `EncodedFrame`s (or `{partition: EncodedFrame}` for a range run) whose md5 they
-already reported as the `DataVersion`; it writes exactly those bytes atomically.
+already reported as the `DataVersion`; it writes exactly those bytes atomically. `base_dir` is a
+folder, or a URL (`s3://bucket/prefix`, `ML_PLATFORM_DATA_ROOT`) read and written through fsspec
+(`core.storage.data_path`).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
 from ml_platform.core.storage import (
+    DataPath,
     EncodedFrame,
     atomic_write,
+    data_path,
     encode_frame,
     read_frame,
     read_frames,
@@ -22,12 +24,12 @@ from ml_platform.core.storage import (
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):
-    """Partitioned parquet files under `base_dir`, written atomically."""
+    """Partitioned parquet files under `base_dir` (a folder or a URL), written atomically."""
 
     base_dir: str
 
-    def path_for(self, asset_key: dg.AssetKey, partition_key: str | None = None) -> Path:
-        base = Path(self.base_dir).joinpath(*asset_key.path)
+    def path_for(self, asset_key: dg.AssetKey, partition_key: str | None = None) -> DataPath:
+        base = data_path(self.base_dir).joinpath(*asset_key.path)
         return base / f"{partition_key}.parquet" if partition_key else base.with_suffix(".parquet")
 
     def store(self, asset_key: dg.AssetKey, encoded: dict[str, EncodedFrame]) -> None:
@@ -92,7 +94,7 @@ def _encoded(obj: object) -> EncodedFrame:
     raise TypeError(f"ParquetIOManager stores DataFrames, got {type(obj).__name__}")
 
 
-def _read(path: Path, key: dg.AssetKey) -> pd.DataFrame:
+def _read(path: DataPath, key: dg.AssetKey) -> pd.DataFrame:
     if not path.exists():
         raise dg.Failure(
             f"{key.to_user_string()} has no stored data at {path}: materialise it first"
