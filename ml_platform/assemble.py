@@ -38,6 +38,7 @@ from ml_platform.resources.tracking import (
 )
 from ml_platform.settings import (
     CELERY_BROKER_ENV,
+    CELERY_RELIABILITY,
     DEFAULT_CELERY_BROKER,
     celery_broker_set,
     celery_queue,
@@ -123,8 +124,6 @@ def select_executor() -> dg.ExecutorDefinition:
         return dg.multiprocess_executor
     if name == "celery":
         from dagster_celery import celery_executor
-
-        from ml_platform.production import CELERY_RELIABILITY
 
         broker = {"env": CELERY_BROKER_ENV} if celery_broker_set() else DEFAULT_CELERY_BROKER
         return celery_executor.configured(

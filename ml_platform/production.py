@@ -22,20 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ml_platform.layout import StateLayout
-from ml_platform.settings import postgres_server
+from ml_platform.settings import CELERY_RELIABILITY, postgres_server
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
 
-# Celery settings both sides use (executor and workers; deploy/celery.yaml). By default Celery acks
-# a task when a worker takes it, so a worker killed mid-step lost the step and its run waited for
-# a result forever. Acked only when done, the broker hands an unfinished step to another worker
-# when the dead one's connection drops; a step writes whole files only (temp + rename), so running
-# it again rewrites the same bytes. One task prefetched per worker, so none waits behind a slow one.
-CELERY_RELIABILITY = {
-    "task_acks_late": True,
-    "task_reject_on_worker_lost": True,
-    "worker_prefetch_multiplier": 1,
-}
 POSTGRES_INSTANCE_YAML = DEPLOY_DIR / "dagster.postgres.yaml"
 
 

@@ -146,6 +146,18 @@ def celery_broker_set() -> bool:
     return bool(os.environ.get(CELERY_BROKER_ENV))
 
 
+# Celery settings both sides use (executor and workers; deploy/celery.yaml). By default Celery acks
+# a task when a worker takes it, so a worker killed mid-step lost the step and its run waited for
+# a result forever. Acked only when done, the broker hands an unfinished step to another worker
+# when the dead one's connection drops; a step writes whole files only (temp + rename), so running
+# it again rewrites the same bytes. One task prefetched per worker, so none waits behind a slow one.
+CELERY_RELIABILITY = {
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "worker_prefetch_multiplier": 1,
+}
+
+
 def celery_broker_url() -> str:
     """`ML_PLATFORM_CELERY_BROKER`, else the local RabbitMQ as guest."""
     return os.environ.get(CELERY_BROKER_ENV) or DEFAULT_CELERY_BROKER

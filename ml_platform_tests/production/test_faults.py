@@ -1,7 +1,7 @@
 """Faults in the production profile, as an operator's machines would have them.
 
 - A Celery worker killed with SIGKILL while it runs a step (its whole process group, as a machine
-  that dies): the step goes to the other worker (`production.CELERY_RELIABILITY`), the run ends,
+  that dies): the step goes to the other worker (`settings.CELERY_RELIABILITY`), the run ends,
   every file is whole, and a re-run writes the same bytes.
 - PostgreSQL connections cut mid-run (`pg_terminate_backend` on this test's database; the server is
   shared, so it is not restarted): the run ends with a clear state and a re-run completes.
