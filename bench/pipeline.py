@@ -101,6 +101,15 @@ def link_landing(source: Path, target: Path, days: list[date]) -> None:
             shutil.copy2(source / name, target / name)
 
 
+def series_layout(series: int) -> tuple[int, int]:
+    """(stores, products) for `series` daily series: store ids have four digits (S0001..S9999),
+    so 10,000 series are 5,000 stores × 2 products: the same rows per day, the same entities."""
+    for products in range(1, 100):
+        if series % products == 0 and series // products <= 9999:
+            return series // products, products
+    raise ValueError(f"{series} series cannot be laid out as at most 9,999 stores × 99 products")
+
+
 def day_range(first: date, count: int) -> list[date]:
     return [first + timedelta(days=i) for i in range(count)]
 
@@ -187,15 +196,17 @@ class Heartbeat:
 
 
 def plain_child(cfg: dict) -> dict:
-    """The same core functions, wired by hand, with the same parquet writes and side effects."""
+    """The functions the asset bodies call, wired by hand, with the same parquet writes and side
+    effects. Training and promotion call the very helpers of `assets/modeling.py`, so this
+    baseline cannot drift from what the graph runs; only the orchestration around them differs."""
     import pandas as pd
 
     from ml_platform.core import training
-    from ml_platform.core.contracts import read_landing_file, validate_batch
+    from ml_platform.core.contracts import read_landing_bytes, read_landing_csv, validate_batch
     from ml_platform.core.features import build_features, encode_by_day
-    from ml_platform.core.storage import atomic_write, encode_frame, md5_file
+    from ml_platform.core.storage import atomic_write, encode_frame, md5_bytes
     from ml_platform.resources.online_store import OnlineStore
-    from ml_platform.resources.registry import ModelRegistry
+    from ml_platform.resources.registry import CHAMPION, ModelRegistry
     from ml_platform.settings import online_store_url
 
     root = Path(cfg["root"])
@@ -210,32 +221,38 @@ def plain_child(cfg: dict) -> dict:
     create_mlflow_store(registry.tracking_uri)
     peak, stages = PeakRss(), {}
 
-    def write(stage: str, key: str, frame: pd.DataFrame) -> None:
-        atomic_write(data / stage / f"{key}.parquet", encode_frame(frame).payload)
+    def write(stage: str, key: str, payload: bytes) -> None:
+        atomic_write(data / stage / f"{key}.parquet", payload)
 
     def ingest_day(day: date) -> pd.DataFrame:
+        # As the `raw` and `validated` bodies: read the bytes once, hash and parse those bytes.
         key, path = day.isoformat(), landing / f"{day.isoformat()}.csv"
-        raw = read_landing_file(path)
-        md5_file(path)
-        write("raw", key, raw)
+        payload = read_landing_bytes(path, landing)
+        md5_bytes(payload)
+        raw = read_landing_csv(payload, path.name)
+        write("raw", key, encode_frame(raw).payload)
         result = validate_batch(raw, spec.contract, day)
-        write("validated", key, result.valid)
-        write("quarantine", key, result.quarantine)
+        write("validated", key, encode_frame(result.valid).payload)
+        write("quarantine", key, encode_frame(result.quarantine).payload)
         return result.valid
 
     def write_by_day(stage: str, frame: pd.DataFrame, days: list[date]) -> None:
         for key, encoded in encode_by_day(
             frame, spec.timestamp, [d.isoformat() for d in days]
         ).items():
-            atomic_write(data / stage / f"{key}.parquet", encoded.payload)
+            write(stage, key, encoded.payload)
 
     def write_features(frame: pd.DataFrame, feature_days: list[date]) -> None:
         write_by_day("features", frame, feature_days)
         online.write_latest(spec, frame)
 
-    def write_predictions(model, version: str, frame: pd.DataFrame, pred_days: list[date]) -> None:
+    def write_predictions(frame: pd.DataFrame, pred_days: list[date]) -> None:
+        # As the `predictions` body: the champion comes from the registry by alias.
+        model, version = registry.load_model(spec.name, CHAMPION, training.trusted_types(spec))
         write_by_day(
-            "predictions", training.prediction_frame(model, frame, spec, int(version)), pred_days
+            "predictions",
+            training.prediction_frame(model, frame, spec, int(version.version)),
+            pred_days,
         )
 
     def timed(name: str):
@@ -251,9 +268,9 @@ def plain_child(cfg: dict) -> dict:
         del valid
         write_features(features, days)
     with timed("training"):
-        model, version = plain_training(spec, features, registry, root)
+        plain_training(spec, features, registry, root)
     with timed("predictions"):
-        write_predictions(model, version, features, days)
+        write_predictions(features, days)
     del features
 
     new_days = []
@@ -268,10 +285,7 @@ def plain_child(cfg: dict) -> dict:
         ]
         frame = build_features(pd.concat([*history, today], ignore_index=True), spec, [day])
         write_features(frame, [day])
-        champion, champion_version = registry.load_model(
-            spec.name, "champion", training.trusted_types(spec)
-        )
-        write_predictions(champion, champion_version.version, frame, [day])
+        write_predictions(frame, [day])
         new_days.append(
             {
                 "day": key,
@@ -283,56 +297,48 @@ def plain_child(cfg: dict) -> dict:
     return {"stages": stages, "new_days": new_days, "peak_rss": peak.overall}
 
 
-def plain_training(spec, features, registry, root: Path):
-    """training_set → fit/evaluate → MLflow run + registered version → significance gate."""
-    import mlflow
-    from mlflow.models import infer_signature
+def plain_training(spec, features, registry, root: Path) -> str:
+    """training_set → `_train_and_register` → `_holdout_losses` → `decide` → champion alias.
 
+    The same functions the `training_set`, `challenger` and `promotion` assets call. The tracker
+    is the `mlflow` module inside a started run: dagster-mlflow's tracker resource is that module
+    with the run started for the step. What is left out is orchestration: the lineage lookup
+    through the event log, the fingerprint reuse check, the audit record and DVC.
+    """
+    import mlflow
+
+    from ml_platform.assets.modeling import LOSS_LABEL, _holdout_losses, _train_and_register
     from ml_platform.core import training
     from ml_platform.core.promotion import decide
     from ml_platform.core.storage import atomic_write, encode_frame
+    from ml_platform.resources.registry import CHAMPION, FINGERPRINT_TAG
 
     frame = training.build_training_set(features, spec)
     encoded = encode_frame(frame)
     atomic_write(root / "data" / spec.name / "training_set.parquet", encoded.payload)
-    model = training.fit(frame, spec)
-    rows = training.holdout(frame)
-    metrics = training.evaluate(model, frame, spec).as_metrics()
+    lineage = {
+        "training_set_md5": encoded.md5,
+        "spec_hash": spec.fingerprint(),
+        FINGERPRINT_TAG: encoded.md5[:24],
+    }
     mlflow.set_tracking_uri(registry.tracking_uri)
-    experiment_id = registry.ensure_experiment(spec.name)
-    lineage = {"training_set_md5": encoded.md5, "spec_hash": spec.fingerprint()}
-    with mlflow.start_run(experiment_id=experiment_id):
-        mlflow.log_params({"estimator": spec.model.estimator, **spec.model.params})
-        mlflow.log_metrics(metrics)
-        mlflow.set_tags(lineage)
-        registry.ensure_model(spec.name, spec.description)
-        example = frame[spec.feature_columns].head(5)
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            serialization_format="skops",
-            skops_trusted_types=training.trusted_types(spec),
-            signature=infer_signature(example, model.predict(example)),
-            input_example=example,
-            registered_model_name=spec.name,
-        )
-    version = str(info.registered_model_version)
-    registry.tag_version(spec.name, version, {**lineage, **metrics})
-    registry.set_alias(spec.name, "challenger", version)
-    actual = rows[training.LABEL].to_numpy(dtype="float64")
+    mlflow.start_run(experiment_id=registry.ensure_experiment(spec.name))
+    version, _metrics = _train_and_register(spec, frame, registry, mlflow, lineage)
+    losses = _holdout_losses(frame, spec, registry, has_champion=False)
     decision = decide(
-        training.row_losses(actual, training.predict(model, rows, spec), spec),
-        training.row_losses(actual, training.baseline_predictions(frame, spec), spec),
-        None,
+        losses["challenger"],
+        losses["baseline"],
+        losses.get("champion"),
         spec.promotion.alpha,
         spec.promotion.min_relative_improvement,
         spec.promotion.test,
+        loss_name=LOSS_LABEL[spec.loss_name],
     )
     registry.tag_version(spec.name, version, decision.as_tags())
     if decision.promote:
-        registry.set_alias(spec.name, "champion", version)
+        registry.set_alias(spec.name, CHAMPION, version)
     log(f"      plain promotion: {decision.reason}")
-    return model, version
+    return version
 
 
 class _Stage:
@@ -488,8 +494,12 @@ class Bench:
             if done == count or done % max(1, count // 5) == 0:
                 log(f"  generate: {done}/{count} days ({time.monotonic() - started:.0f}s)")
 
+        stores, products = series_layout(self.args.stores)
+        if products > 1:
+            log(f"  {self.args.stores} series = {stores} stores × {products} products")
         config = GeneratorConfig(
-            stores=self.args.stores,
+            stores=stores,
+            products=products,
             days=total,
             start=self.first,
             holidays=tuple(self.spec.features.holidays),
@@ -899,7 +909,9 @@ def _short(filename: str) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stores", type=int, default=1000)
+    parser.add_argument(
+        "--stores", type=int, default=1000, help="daily series (over 9,999: stores × products)"
+    )
     parser.add_argument("--days", type=int, default=730, help="history for the full backfill")
     parser.add_argument("--short-history", type=int, default=90, help="days, for figure 3")
     parser.add_argument("--new-days", type=int, default=3, help="new-day runs per history")
