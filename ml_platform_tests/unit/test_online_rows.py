@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from ml_platform.serving.feature_store import (
+    RedisFeatureStore,
     SqliteFeatureStore,
+    StoreUnavailableError,
     entity_id,
     iter_latest_rows,
     latest_rows,
+    open_feature_store,
 )
 
 
@@ -79,4 +84,35 @@ def test_a_refresh_replaces_older_rows_and_keeps_newer_ones(spec, tmp_path) -> N
         store.upsert("p", latest_rows(spec, newer))
         assert {json.loads(v)["units"] for v in store.get("p", ids)} == {-2}
     finally:
+        store.close()
+
+
+def test_redis_script_keeps_the_newest_row_within_and_across_chunks(spec) -> None:
+    """One script call per chunk: rows for one entity inside a chunk still resolve newest-wins."""
+    redis = pytest.importorskip("redis")
+    url = f"redis://127.0.0.1:6379/0?namespace=test_online_rows_{uuid.uuid4().hex}"
+    store = open_feature_store(url)
+    try:
+        store.probe()
+    except StoreUnavailableError:
+        store.close()
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    try:
+        assert isinstance(store, RedisFeatureStore) and store.namespace.startswith("test_online")
+        store.upsert(
+            "p", [("a", "2026-01-02", "new"), ("a", "2026-01-01", "old"), ("b", "2026-01-01", "b1")]
+        )
+        store.upsert(
+            "p",
+            [("b", "2026-01-03", "b3"), ("b", "2026-01-02", "b2"), ("a", "2025-12-31", "older")],
+        )
+        assert store.get("p", ["a", "b", "c"]) == ["new", "b3", None]
+        rows = latest_rows(spec, _features(spec))
+        store.upsert("q", rows)
+        assert store.get("q", [r[0] for r in rows]) == [r[2] for r in rows]
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis unavailable: {exc}")
+    finally:
+        store.clear("p")
+        store.clear("q")
         store.close()
