@@ -64,47 +64,50 @@ def fill(spec, url: str, frame: pd.DataFrame) -> float:
     return seconds
 
 
-def bare_sqlite(spec, path: Path, frame: pd.DataFrame) -> float:
-    """Seconds of plain `INSERT`s of the same encoded rows, same chunks, into an empty table of
-    the same schema in a SQLite file with the same settings (WAL, one transaction per chunk)."""
-    from ml_platform.serving.feature_store import iter_latest_rows
+def bare_inserts(
+    spec, frame: pd.DataFrame, path: Path, redis_url: str | None, redis_key: str
+) -> dict[str, float]:
+    """Seconds of bare bulk inserts of the same encoded rows, in the same chunks, timed on the
+    insert calls alone (encoding once for both stores is not charged to them):
 
-    seconds = 0.0
-    with closing(sqlite3.connect(path, timeout=30)) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(
-            "CREATE TABLE features (pipeline TEXT NOT NULL, entity TEXT NOT NULL,"
-            " feature_day TEXT NOT NULL, row TEXT NOT NULL, PRIMARY KEY (pipeline, entity))"
-        )
-        for chunk in iter_latest_rows(spec, frame):
-            started = time.perf_counter()
-            with conn:
-                conn.executemany(
-                    "INSERT INTO features VALUES (?, ?, ?, ?)",
-                    ((spec.name, *row) for row in chunk),
-                )
-            seconds += time.perf_counter() - started
-    return seconds
-
-
-def bare_redis(spec, url: str, key: str, frame: pd.DataFrame) -> float:
-    """Seconds of plain `HSET key entity row` commands for the same rows, in the same chunks as
-    the store's upsert script (one command per chunk), timed on the Redis calls alone."""
-    import redis
-
+    - SQLite: plain `INSERT`s into an empty table of the same schema, in a file with the same
+      settings (WAL, one transaction per chunk);
+    - Redis: `HSET key entity row` for each slice the store's upsert script gets.
+    """
     from ml_platform.serving.feature_store import REDIS_CHUNK, iter_latest_rows
 
-    client = redis.Redis.from_url(url)
-    seconds = 0.0
+    client = None
+    if redis_url:
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+    seconds = {"sqlite": 0.0, "redis": 0.0}
     try:
-        for chunk in iter_latest_rows(spec, frame):
-            started = time.perf_counter()
-            for start in range(0, len(chunk), REDIS_CHUNK):
-                mapping = {e: row for e, _day, row in chunk[start : start + REDIS_CHUNK]}
-                client.hset(key, mapping=mapping)
-            seconds += time.perf_counter() - started
+        with closing(sqlite3.connect(path, timeout=30)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(
+                "CREATE TABLE features (pipeline TEXT NOT NULL, entity TEXT NOT NULL,"
+                " feature_day TEXT NOT NULL, row TEXT NOT NULL, PRIMARY KEY (pipeline, entity))"
+            )
+            for chunk in iter_latest_rows(spec, frame):
+                started = time.perf_counter()
+                with conn:
+                    conn.executemany(
+                        "INSERT INTO features VALUES (?, ?, ?, ?)",
+                        ((spec.name, *row) for row in chunk),
+                    )
+                seconds["sqlite"] += time.perf_counter() - started
+                if client is None:
+                    continue
+                slices = [chunk[i : i + REDIS_CHUNK] for i in range(0, len(chunk), REDIS_CHUNK)]
+                mappings = [{e: row for e, _day, row in part} for part in slices]
+                started = time.perf_counter()
+                for mapping in mappings:
+                    client.hset(redis_key, mapping=mapping)
+                seconds["redis"] += time.perf_counter() - started
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     return seconds
 
 
@@ -183,7 +186,18 @@ def prepare_scale(args, spec, rows: list[dict], work: Path, make_server) -> tupl
     print(f"{count:,} entities' feature rows built in {out['build_frame_s']:.1f}s", flush=True)
 
     large, bare = work / "online_large.sqlite", work / "bare.sqlite"
-    out["sqlite_bare_s"] = bare_sqlite(spec, bare, frame)
+    cleanups, redis_url, namespace = [], None, redis_namespace()
+    if not args.no_redis:
+        if args.redis_url:
+            redis_url, proc = args.redis_url, None
+        else:
+            redis_url, proc = start_private_redis(work)
+            cleanups.append(proc.terminate)
+        cleanups.insert(0, lambda: redis_delete(redis_url, f"{namespace}:*"))
+        out["redis_private"] = proc is not None
+        before = redis_used_memory(redis_url)
+    bare_seconds = bare_inserts(spec, frame, bare, redis_url, f"{namespace}:bare")
+    out["sqlite_bare_s"] = bare_seconds["sqlite"]
     out["sqlite_bare_bytes"] = sqlite_size(bare)
     for path in bare.parent.glob(bare.name + "*"):
         path.unlink()
@@ -196,32 +210,22 @@ def prepare_scale(args, spec, rows: list[dict], work: Path, make_server) -> tupl
         "{sqlite_refresh_s:.1f}s, {mb:,.0f} MB on disk".format(mb=out["sqlite_bytes"] / MB, **out),
         flush=True,
     )
-    cleanups = []
     servers = [
         make_server("ours-1k", f"sqlite:///{small}", synthetic_rows(spec, rows, 1000, 1000)),
         make_server("ours", f"sqlite:///{large}", synthetic_rows(spec, rows, count, BODY_SAMPLE)),
     ]
-    if not args.no_redis:
-        if args.redis_url:
-            url, proc = args.redis_url, None
-        else:
-            url, proc = start_private_redis(work)
-            cleanups.append(proc.terminate)
-        namespace = redis_namespace()
-        cleanups.insert(0, lambda: redis_delete(url, f"{namespace}:*"))
-        out["redis_private"] = proc is not None
-        frame[ts] = pd.Timestamp(day1)
-        before = redis_used_memory(url)
-        out["redis_bare_s"] = bare_redis(spec, url, f"{namespace}:bare", frame)
-        out["redis_bare_bytes"] = redis_used_memory(url) - before
-        redis_delete(url, f"{namespace}:bare")
+    if redis_url:
+        out["redis_bare_s"] = bare_seconds["redis"]
+        out["redis_bare_bytes"] = redis_used_memory(redis_url) - before
+        redis_delete(redis_url, f"{namespace}:bare")
         time.sleep(2)  # UNLINK frees in the background
-        before = redis_used_memory(url)
-        store = f"{url}?namespace={namespace}"
+        before = redis_used_memory(redis_url)
+        store = f"{redis_url}?namespace={namespace}"
+        frame[ts] = pd.Timestamp(day1)
         out["redis_fill_s"] = fill(spec, store, frame)
         frame[ts] = pd.Timestamp(day2)
         out["redis_refresh_s"] = fill(spec, store, frame)
-        out["redis_bytes"] = redis_used_memory(url) - before
+        out["redis_bytes"] = redis_used_memory(redis_url) - before
         print(
             "redis: bare insert {redis_bare_s:.1f}s, first fill {redis_fill_s:.1f}s, refresh "
             "{redis_refresh_s:.1f}s, {mb:,.0f} MB in memory".format(
@@ -266,3 +270,21 @@ def scale_targets(scale: dict, results: dict, max_growth: float, min_share: floa
             )
         )
     return targets
+
+
+def print_scale(scale: dict) -> None:
+    """Write rates and store sizes, each store's bare insert beside our write path."""
+    n = scale["entities"]
+    print(f"\nonline store with {n:,} entities (rows/s; MB)")
+    for store in ("sqlite", "redis"):
+        if f"{store}_refresh_s" not in scale:
+            continue
+        rates = [n / scale[f"{store}_{k}_s"] for k in ("bare", "fill", "refresh")]
+        size = scale[f"{store}_bytes"] / MB
+        bare_size = scale[f"{store}_bare_bytes"] / MB
+        where = "on disk" if store == "sqlite" else "in memory (used_memory)"
+        print(
+            f"  {store:<7} bare insert {rates[0]:>10,.0f}   write_latest first fill "
+            f"{rates[1]:>10,.0f}   full refresh {rates[2]:>10,.0f}   {size:,.0f} MB {where} "
+            f"(bare table {bare_size:,.0f} MB)"
+        )

@@ -196,6 +196,19 @@ def cpu_sample(pgid: int) -> tuple[float, int, dict[str, int], float]:
     return time.monotonic(), busy, group, children.children_user + children.children_system
 
 
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory of the server's processes (uvicorn master and workers) together."""
+    pages = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            pages += int(fields[21])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def cpu_shares(before: tuple, after: tuple) -> dict[str, float]:
     """The busiest server process's share of the server's CPU (50 % is an even split between
     two workers: uvicorn workers share one listening socket and a worker that wakes first can
@@ -257,7 +270,8 @@ def measure(server: Server, cwd: Path, seconds: int, rounds: int, logs: Path) ->
                 "error_kinds": dict(sum((Counter(r["error_kinds"]) for r in done), Counter())),
                 "rounds": [{k: r[k] for k in ("rps", "p99_ms", "top_worker_pct")} for r in done],
             }
-        return {"runs": runs, "parity": post(url, server.parity_body)["predictions"]}
+        parity = post(url, server.parity_body)["predictions"]
+        return {"runs": runs, "parity": parity, "rss_mb": group_rss_mb(proc.pid)}
     finally:
         stop(proc)
 
@@ -370,6 +384,8 @@ def report(
             cells = [f"{r['rps']:.1f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", r["errors"]]
             cells += [f"{r['other_cpu_pct']:.0f}", each + kinds]
             print(row(name, connections, *cells))
+    print("server RSS after the load: " + ", ".join(
+        f"{name} {r['rss_mb']:,.0f} MB" for name, r in results.items()))  # fmt: skip
     busiest = max(r["other_cpu_pct"] for x in results.values() for r in x["runs"].values())
     if busiest > BUSY_PCT:
         print(f"warning: other processes took up to {busiest:.0f} % of the CPU during a run,")
@@ -385,8 +401,9 @@ def report(
         (f"our errors: {errors} (0)", errors == 0),
     ]  # fmt: skip
     if scale:
-        from scale_serving import scale_targets
+        from scale_serving import print_scale, scale_targets
 
+        print_scale(scale)
         targets += scale_targets(scale, results, MAX_P99_GROWTH, MIN_WRITE_SHARE)
     ours_values = [p["prediction"] for p in results["ours"]["parity"]]
     for name in ("mlflow-best", "mlflow-default"):
