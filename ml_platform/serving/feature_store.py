@@ -270,8 +270,9 @@ def _plain_column(column: pd.Series) -> list:
     """A column as JSON-ready Python values: dates as YYYY-MM-DD, missing values as None."""
     if pd.api.types.is_datetime64_any_dtype(column.dtype):
         return _iso_days(column)
-    if column.dtype.kind in "fiub":
+    if isinstance(column.dtype, np.dtype) and column.dtype.kind in "fiub":
         return column.tolist()  # NaN stays a float: orjson writes it as null
+    # object and extension dtypes (Int64, boolean, string): pd.NA and NaN become None
     values = column.astype(object)
     values = values.where(values.notna(), None).tolist()
     return [v.date().isoformat() if isinstance(v, pd.Timestamp) else v for v in values]

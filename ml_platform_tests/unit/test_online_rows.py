@@ -53,6 +53,12 @@ def _features(spec, n_entities: int = 37, days: int = 4) -> pd.DataFrame:
                 }
             )
     frame = pd.DataFrame(rows).sample(frac=1.0, random_state=1)  # unsorted, as a range can be
+    # nullable extension dtypes, as validated frames have them (pd.NA is not JSON)
+    frame["count"] = pd.array([None if i % 4 == 0 else i for i in range(len(frame))], "Int64")
+    frame["flag"] = pd.array(
+        [None if i % 3 == 0 else i % 2 == 0 for i in range(len(frame))], "boolean"
+    )
+    frame["name"] = pd.array([None if i % 5 == 0 else f"n{i}" for i in range(len(frame))], "string")
     return frame.drop(index=frame.index[::9])  # some entities miss some days
 
 
