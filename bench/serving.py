@@ -87,7 +87,7 @@ def build_platform(root: Path, log: Path) -> None:
     if not (root / "params.yaml").exists():
         shutil.copy(REPO_ROOT / "params.yaml", root / "params.yaml")
     generate = ["generate", "--stores", "40", "--products", "3", "--days", "300", "--seed", "5"]
-    for args in (generate, ["demo"]):
+    for args in (generate, ["demo", "--pipeline", PIPELINE]):  # the one pipeline served
         with log.open("ab") as out:
             done = subprocess.run(
                 [str(BIN / "ml-platform"), *args], cwd=root, env=child_env(), stdout=out, stderr=out
