@@ -45,11 +45,13 @@ from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 BIN = Path(sys.prefix) / "bin"
 LUA = Path(__file__).with_name("wrk_predict.lua")
 PIPELINE = "sales_forecast"
 LOADS = ((1, 1), (8, 2))  # (connections, wrk threads)
 MIN_RATIO, MAX_P99_MS, PARITY_N = 3.0, 25.0, 5
+SMALL_STORE, MAX_P99_GROWTH, MIN_WRITE_SHARE = 1000, 1.5, 0.5  # --entities targets
 BUSY_PCT = 10  # other processes' share of the CPU above which the figures are flagged
 # Settings that would point a child at another root or pin its thread pools.
 SCRUBBED = (
@@ -85,7 +87,7 @@ def build_platform(root: Path, log: Path) -> None:
     if not (root / "params.yaml").exists():
         shutil.copy(REPO_ROOT / "params.yaml", root / "params.yaml")
     generate = ["generate", "--stores", "40", "--products", "3", "--days", "300", "--seed", "5"]
-    for args in (generate, ["demo"]):
+    for args in (generate, ["demo", "--pipeline", PIPELINE]):  # the one pipeline served
         with log.open("ab") as out:
             done = subprocess.run(
                 [str(BIN / "ml-platform"), *args], cwd=root, env=child_env(), stdout=out, stderr=out
@@ -194,6 +196,19 @@ def cpu_sample(pgid: int) -> tuple[float, int, dict[str, int], float]:
     return time.monotonic(), busy, group, children.children_user + children.children_system
 
 
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory of the server's processes (uvicorn master and workers) together."""
+    pages = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            pages += int(fields[21])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def cpu_shares(before: tuple, after: tuple) -> dict[str, float]:
     """The busiest server process's share of the server's CPU (50 % is an even split between
     two workers: uvicorn workers share one listening socket and a worker that wakes first can
@@ -255,7 +270,8 @@ def measure(server: Server, cwd: Path, seconds: int, rounds: int, logs: Path) ->
                 "error_kinds": dict(sum((Counter(r["error_kinds"]) for r in done), Counter())),
                 "rounds": [{k: r[k] for k in ("rps", "p99_ms", "top_worker_pct")} for r in done],
             }
-        return {"runs": runs, "parity": post(url, server.parity_body)["predictions"]}
+        parity = post(url, server.parity_body)["predictions"]
+        return {"runs": runs, "parity": parity, "rss_mb": group_rss_mb(proc.pid)}
     finally:
         stop(proc)
 
@@ -268,7 +284,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", action="store_true", help="write bench/results/serving.json")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and logs")
+    parser.add_argument(
+        "--entities", type=int, default=0, help="fill the online store with this many entities"
+    )
+    parser.add_argument(
+        "--redis-url",
+        help="with --entities: also fill this Redis (keys under a unique prefix, deleted after);"
+        " default: a private redis-server on a free port when one is installed",
+    )
+    parser.add_argument("--no-redis", action="store_true", help="with --entities: SQLite only")
     args = parser.parse_args(argv)
+    if args.entities and args.entities < 2 * SMALL_STORE:
+        parser.error(f"--entities must be at least {2 * SMALL_STORE}")
     args.seconds = 5 if args.quick else 15
     args.rounds = args.rounds or (1 if args.quick else 3)
     if shutil.which("wrk") is None:
@@ -323,11 +350,29 @@ def run(args: argparse.Namespace, work: Path) -> int:
         Server("mlflow-default", mlflow, child_env(**trust), 1, "/ping", "/invocations",
                mlflow_bodies, mlflow_parity),
     ]  # fmt: skip
-    results = {s.name: measure(s, root, args.seconds, args.rounds, work) for s in servers}
-    return report(results, args, version, len(rows))
+    scale = None
+    if args.entities:
+        from scale_serving import prepare_scale
+
+        def make_server(name: str, store_url: str, extra_rows: list[dict]) -> Server:
+            bodies = work / f"{name}.jsonl"
+            bodies.write_text("".join(ours_body(spec, [r]) + "\n" for r in [*rows, *extra_rows]))
+            env = child_env(ML_PLATFORM_ONLINE_STORE_URL=store_url)
+            return Server(name, ours, env, 2, "/readyz", predict, bodies, ours_parity)
+
+        scale, extra = prepare_scale(args, spec, rows, work, make_server)
+        servers = [*extra, *servers[1:]]  # the large store's server is "ours"
+    try:
+        results = {s.name: measure(s, root, args.seconds, args.rounds, work) for s in servers}
+    finally:
+        if scale and scale.get("cleanup"):
+            scale.pop("cleanup")()
+    return report(results, args, version, args.entities or len(rows), scale)
 
 
-def report(results: dict, args: argparse.Namespace, version: str, entities: int) -> int:
+def report(
+    results: dict, args: argparse.Namespace, version: str, entities: int, scale: dict | None
+) -> int:
     row = "{:<15} {:>5} {:>7} {:>7} {:>7} {:>6} {:>11}  {}".format
     print()
     print(row("server", "conns", "req/s", "p50 ms", "p99 ms", "errors", "other CPU %",
@@ -339,6 +384,8 @@ def report(results: dict, args: argparse.Namespace, version: str, entities: int)
             cells = [f"{r['rps']:.1f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", r["errors"]]
             cells += [f"{r['other_cpu_pct']:.0f}", each + kinds]
             print(row(name, connections, *cells))
+    print("server RSS after the load: " + ", ".join(
+        f"{name} {r['rss_mb']:,.0f} MB" for name, r in results.items()))  # fmt: skip
     busiest = max(r["other_cpu_pct"] for x in results.values() for r in x["runs"].values())
     if busiest > BUSY_PCT:
         print(f"warning: other processes took up to {busiest:.0f} % of the CPU during a run,")
@@ -353,6 +400,11 @@ def report(results: dict, args: argparse.Namespace, version: str, entities: int)
          ours[8]["p99_ms"] <= MAX_P99_MS),
         (f"our errors: {errors} (0)", errors == 0),
     ]  # fmt: skip
+    if scale:
+        from scale_serving import print_scale, scale_targets
+
+        print_scale(scale)
+        targets += scale_targets(scale, results, MAX_P99_GROWTH, MIN_WRITE_SHARE)
     ours_values = [p["prediction"] for p in results["ours"]["parity"]]
     for name in ("mlflow-best", "mlflow-default"):
         theirs = [max(float(p), 0.0) for p in results[name]["parity"]]
@@ -366,6 +418,7 @@ def report(results: dict, args: argparse.Namespace, version: str, entities: int)
         path = REPO_ROOT / "bench" / "results" / "serving.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         summary = {"champion_version": version, "entities": entities, "seconds": args.seconds}
+        summary["scale"] = scale
         path.write_text(json.dumps({**summary, "servers": results, "ratio_c8": ratio}, indent=2))
         print(f"wrote {path}")
     return 1 if args.strict and not all(met for _, met in targets) else 0

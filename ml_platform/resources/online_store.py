@@ -13,7 +13,7 @@ import dagster as dg
 import pandas as pd
 
 from ml_platform.core.secrets import errors_redacted
-from ml_platform.resources.feature_store import entity_id, latest_rows, open_feature_store
+from ml_platform.resources.feature_store import entity_id, iter_latest_rows, open_feature_store
 from ml_platform.specs import PipelineSpec
 
 __all__ = ["OnlineStore", "online_store_url_source"]
@@ -35,16 +35,23 @@ class OnlineStore(dg.ConfigurableResource):
     url: str
 
     def write_latest(self, spec: PipelineSpec, features: pd.DataFrame) -> int:
-        """Upsert each entity's newest row; returns how many entities were offered."""
-        rows = latest_rows(spec, features)
-        if rows:
-            with errors_redacted():
-                store = open_feature_store(self.url)
-                try:
-                    store.upsert(spec.name, rows)
-                finally:
-                    store.close()
-        return len(rows)
+        """Upsert each entity's newest row; returns how many entities were offered.
+
+        Encoded and written a chunk at a time (one transaction each), so a refresh of millions
+        of entities holds one chunk of encoded rows, never all of them.
+        """
+        if features.empty:
+            return 0
+        written = 0
+        with errors_redacted():
+            store = open_feature_store(self.url)
+            try:
+                for chunk in iter_latest_rows(spec, features):
+                    store.upsert(spec.name, chunk)
+                    written += len(chunk)
+            finally:
+                store.close()
+        return written
 
     def read(self, spec: PipelineSpec, entities: list[dict]) -> dict[str, dict | None]:
         """Feature rows for the given entity key dicts; unknown entities map to None."""

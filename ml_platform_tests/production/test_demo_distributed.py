@@ -20,9 +20,9 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
-from ml_platform.serving.feature_store import entity_id, open_feature_store
 
 from ml_platform.production import delete_celery_queue, drop_database
+from ml_platform.resources.feature_store import entity_id, open_feature_store
 from ml_platform_tests.conftest import activated, make_platform_root
 from ml_platform_tests.production.conftest import unique
 

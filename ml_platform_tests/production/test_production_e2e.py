@@ -21,10 +21,10 @@ import dagster as dg
 import httpx
 import pandas as pd
 import pytest
-from ml_platform.serving.feature_store import open_feature_store
 
-from ml_platform.automation.sensors import landing_sensor_name
+from ml_platform.names import landing_sensor_name
 from ml_platform.production import delete_celery_queue, start_celery_workers
+from ml_platform.resources.feature_store import open_feature_store
 from ml_platform.specs import load_spec
 from ml_platform_tests.conftest import REPO_ROOT, generate, registry_for, wait_for
 from ml_platform_tests.e2e.test_daemon import (

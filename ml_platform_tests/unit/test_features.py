@@ -122,3 +122,17 @@ def test_day_without_rows_gives_empty_frame_with_columns(spec):
     out = build_features(history(days=10), spec, [date(2024, 3, 1)])
     assert out.empty
     assert set(spec.feature_columns) <= set(out.columns)
+
+
+def test_rolling_mean_matches_pandas_over_every_column_with_gaps():
+    from ml_platform.core.features import rolling_mean
+
+    rng = np.random.default_rng(11)
+    values = rng.gamma(2.0, 50.0, size=(120, 9))
+    values[rng.random(values.shape) < 0.3] = np.nan
+    values[:20, 4] = np.nan  # a series that starts late
+    wide = pd.DataFrame(values, index=pd.date_range("2025-01-01", periods=120, name="date"))
+    for window, min_periods in ((7, 3), (28, 14), (200, 1)):
+        expected = wide.rolling(window, min_periods=min_periods).mean()
+        got = rolling_mean(wide, window, min_periods)
+        pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-12, atol=1e-9)
