@@ -7,6 +7,12 @@ sees the whole server whichever worker answers it.
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -25,7 +31,36 @@ from ml_platform.core.canary import (
 )
 from ml_platform.settings import prometheus_multiproc_dir
 
+log = logging.getLogger("ml_platform.serving")
 LABELS = ("pipeline", "variant", "version")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _never_fails_a_request(method: F) -> F:
+    """Metrics describe requests; they must never fail one. In multiprocess mode each sample
+    lives in a file under `PROMETHEUS_MULTIPROC_DIR`: if that folder is removed under a running
+    server (a cleanup, a `make reset`), it is made again and the call retried once; if it still
+    fails, the sample is dropped with a warning and the request goes on."""
+
+    @functools.wraps(method)
+    def guarded(self: ServingMetrics, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, ValueError) as exc:
+            folder = prometheus_multiproc_dir()
+            if folder is None:
+                raise
+            try:
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+                self._children.clear()  # their files went with the folder
+                return method(self, *args, **kwargs)
+            except (OSError, ValueError):
+                log.warning("metrics sample dropped (%s): %s", method.__name__, exc)
+                return None
+
+    return guarded  # type: ignore[return-value]
+
+
 SHADOW = "shadow"  # variant label of champion predictions made for canary-routed entities
 
 
@@ -80,6 +115,7 @@ class ServingMetrics:
             self._children[key] = series
         return series
 
+    @_never_fails_a_request
     def record_batch(
         self, pipeline: str, variant: str, version: int, values, failed: bool = False
     ) -> None:
@@ -92,17 +128,20 @@ class ServingMetrics:
         for value in values:
             predictions.observe(value)
 
+    @_never_fails_a_request
     def record_shadow(self, pipeline: str, version: int, values) -> None:
         """Champion predictions for canary-routed entities (not served; for the analysis)."""
         series = self._series(pipeline, SHADOW, version)[3]
         for value in values:
             series.observe(value)
 
+    @_never_fails_a_request
     def observe_latency(self, pipeline: str, predictions: list[dict], seconds: float) -> None:
         served = {(p["variant"], p["model_version"]) for p in predictions}
         for variant, version in served:
             self._series(pipeline, variant, version)[2].observe(seconds)
 
+    @_never_fails_a_request
     def client_error(self, pipeline: str, status: int) -> None:
         self.client_errors.labels(pipeline, str(status)).inc()
 
@@ -110,6 +149,7 @@ class ServingMetrics:
         if self.multiprocess:
             from prometheus_client import multiprocess
 
+            os.makedirs(prometheus_multiproc_dir() or ".", mode=0o700, exist_ok=True)
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
