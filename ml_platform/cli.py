@@ -50,8 +50,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_spec_validate(args: argparse.Namespace) -> int:
     """Load each spec as the platform will; exit 1 naming file and field on the first mistake."""
+    from ml_platform.core.fit_check import check_by_fitting
     from ml_platform.settings import spec_dir_from_env
-    from ml_platform.spec_checks import SpecCheckError, check_by_fitting
+    from ml_platform.spec_checks import SpecCheckError
     from ml_platform.specs import load_spec
 
     root = Path.cwd()

@@ -219,44 +219,11 @@ def _check_trusted_types(cls: type, trusted: list[str]) -> None:
     for module, required in REQUIRED_TRUSTED_TYPES.items():
         missing = [t for t in required if t not in trusted]
         if cls.__module__.startswith(module) and missing:
-            raise SpecCheckError(_missing_types(cls.__name__, missing))
+            raise SpecCheckError(missing_types_message(cls.__name__, missing))
 
 
-def _missing_types(estimator: str, missing: list[str]) -> str:
+def missing_types_message(estimator: str, missing: list[str]) -> str:
     return (
         f"model.skops_trusted_types: {estimator} models hold {missing}; list them so the saved "
         "model can be loaded with skops (never pickle)"
     )
-
-
-def check_by_fitting(spec: PipelineSpec) -> None:
-    """Fit the spec's whole pipeline on a few synthetic rows and audit it as skops will: the
-    exact check behind `ml-platform spec validate` (too slow to run in every process)."""
-    import numpy as np
-    import pandas as pd
-    import skops.io
-
-    from ml_platform.core import training
-
-    rows = 48
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame(
-        {
-            column: (
-                rng.choice(["a", "b", "c"], rows)
-                if column in spec.features.categorical
-                else np.where(rng.random(rows) < 0.1, np.nan, rng.normal(size=rows))
-            )
-            for column in spec.feature_columns
-        }
-    )
-    labels = np.arange(rows) % 2 if spec.is_classifier else rng.normal(size=rows)
-    model = training.make_estimator(spec)
-    try:
-        model.fit(training.model_input(frame, spec), labels)
-    except (ValueError, TypeError) as exc:
-        raise SpecCheckError(f"model: fitting {spec.model.estimator} failed: {exc}") from None
-    untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    missing = sorted(set(untrusted) - set(training.trusted_types(spec)))
-    if missing:
-        raise SpecCheckError(_missing_types(spec.model.estimator.rpartition(".")[2], missing))
