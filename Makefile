@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 3000
 
-.PHONY: install demo demo-distributed test test-fast test-ui dev bench lint format reset clean
+.PHONY: install demo demo-distributed test test-soak test-fast test-ui dev bench lint format reset clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,11 @@ demo: install  ## every shipped pipeline: generate data, materialise the whole g
 demo-distributed: install  ## the same demo on PostgreSQL, an MLflow server, 2 Celery workers, Redis
 	$(BIN)/python -m ml_platform.production demo --workers 2
 
-test: install  ## the whole suite, slow end-to-end tests included (what CI runs), 2 workers by file
-	$(BIN)/pytest -q -ra --durations=10 -n 2 --dist loadfile
+test: install  ## the suite, slow end-to-end tests included (what CI runs first), 2 workers by file
+	$(BIN)/pytest -q -ra --durations=10 -n 2 --dist loadfile -m "not soak"
+
+test-soak: install  ## the multi-minute production scenarios (CI runs them after `make test`)
+	$(BIN)/pytest -q -ra --durations=10 -n 2 --dist loadfile -m soak
 
 test-fast: install  ## skip tests marked slow
 	$(BIN)/pytest -q -m "not slow"

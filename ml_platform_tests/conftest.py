@@ -161,7 +161,10 @@ def failure_messages(result) -> str:
 
 
 def registry_for(root: Path):
+    """The registry of this project's own embedded store, whatever MLFLOW_TRACKING_URI a
+    session fixture or an earlier MLflow call left in this worker's environment."""
+    from ml_platform.layout import StateLayout
     from ml_platform.resources.registry import ModelRegistry
-    from ml_platform.settings import mlflow_uri
 
-    return ModelRegistry(tracking_uri=mlflow_uri(root), artifact_root=str(root / "unused"))
+    uri = f"sqlite:///{StateLayout(root).mlflow_db}"
+    return ModelRegistry(tracking_uri=uri, artifact_root=str(root / "unused"))

@@ -27,7 +27,7 @@ from ml_platform.production import _connect, delete_celery_queue, start_celery_w
 from ml_platform_tests.conftest import day, generate, wait_for
 from ml_platform_tests.production.conftest import unique
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.slow, pytest.mark.soak, pytest.mark.timeout(1200)]
 INGEST = ["raw", "validated", "quarantine", "features"]
 DAYS = 45
 

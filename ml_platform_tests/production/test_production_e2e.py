@@ -39,7 +39,7 @@ from ml_platform_tests.e2e.test_daemon import (
 from ml_platform_tests.production.conftest import unique
 from ml_platform_tests.serving.conftest import free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.slow, pytest.mark.soak, pytest.mark.timeout(1500)]
 REDIS = "redis://127.0.0.1:6379/0"
 
 
@@ -143,7 +143,9 @@ def test_a_landing_file_is_served_from_redis_after_daemon_and_celery_runs(
         assert {str(json.loads(row)[e2e.timestamp])[:10] for row in stored} == {day}
 
         with serving(root, logs / "serve.log") as url:
-            response = httpx.post(f"{url}/predict", json={"entities": entities}, timeout=60)
+            response = httpx.post(
+                f"{url}/v1/{e2e.name}/predict", json={"entities": entities}, timeout=60
+            )
         assert response.status_code == 200, response.text
         online = pd.DataFrame(response.json()["predictions"])
         assert set(online["feature_day"]) == {day}
