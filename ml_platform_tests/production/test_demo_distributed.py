@@ -26,7 +26,8 @@ from ml_platform.resources.feature_store import entity_id, open_feature_store
 from ml_platform_tests.conftest import activated, make_platform_root
 from ml_platform_tests.production.conftest import unique
 
-pytestmark = [pytest.mark.slow, pytest.mark.soak, pytest.mark.timeout(2700)]  # 26 min at load 20 on 2 cores
+# 26 min at load 20 on 2 cores, about 5 min on a quiet machine
+pytestmark = [pytest.mark.slow, pytest.mark.soak, pytest.mark.timeout(2700)]
 SUMMARY_LINES = ("  champion:", "  last decision:", "  holdout MAE:", "  rows quarantined:")
 
 
