@@ -97,9 +97,7 @@ class CanaryPolicy:
 
     @classmethod
     def from_json(cls, text: str) -> CanaryPolicy:
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
+        data = _known_fields(cls, text)
         return cls(**{**data, "step_weights": tuple(data.get("step_weights", (5, 25, 50, 100)))})
 
 
@@ -366,9 +364,7 @@ class CanaryState:
 
     @classmethod
     def from_json(cls, text: str) -> CanaryState:
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
+        data = _known_fields(cls, text)
         return cls(**{**data, "phase": Phase(data["phase"])})
 
 
@@ -506,3 +502,10 @@ def paired_online_loss(
         pd.concat([rows, shadow], ignore_index=True), labels, entity_keys, target, loss
     )
     return mae_for(table, canary_version, canary_version)  # shadow rows keep the canary's version
+
+
+def _known_fields(cls: type, text: str) -> dict:
+    """A stored dataclass's JSON, keeping only the fields this version knows (a cursor or tag
+    written by another version must not break the sensor)."""
+    known = {f.name for f in fields(cls)}
+    return {k: v for k, v in json.loads(text).items() if k in known}
